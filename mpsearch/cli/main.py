@@ -1,0 +1,54 @@
+"""The `mpsearch` command: thin subcommands over the library. Only this package prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mpsearch import __version__
+from mpsearch.errors import MpsearchError
+
+# Each module adds its subcommand(s) with `add_parser(subparsers)` and sets `func` on them.
+_COMMAND_MODULES = ["mpsearch.cli.data", "mpsearch.cli.train", "mpsearch.cli.hardware"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpsearch",
+        description="Search per-layer bit widths and sparsity for on-device speech models.",
+        epilog="Start with:  mpsearch search studies/quickstart.yaml   (see README.md)",
+    )
+    parser.add_argument("--version", action="version", version=f"mpsearch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except MpsearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is saved, re-run the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

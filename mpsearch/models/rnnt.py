@@ -1,0 +1,230 @@
+"""Streaming RNN transducer: subsampling front end, LSTM encoder, LSTM prediction network, joiner.
+
+The transducer parts (front ends, Predictor, Joiner, greedy search) are shared with the Conformer's
+transducer head.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from mpsearch.config import Section
+from mpsearch.models.rnnt_loss import rnnt_loss
+
+BLANK = 0
+SUBSAMPLING_FACTOR = 4
+
+
+class RNNTConfig(Section):
+    """Hyper-parameters of :class:`RNNT`; ``n_mels`` and ``vocab_size`` come from the data."""
+
+    n_mels: int = Field(80, ge=1)
+    vocab_size: int = Field(30, ge=2)
+    subsampling: Literal["conv", "stack"] = "conv"
+    frontend_dim: int = Field(128, ge=1)
+    enc_hidden: int = Field(192, ge=1)
+    enc_layers: int = Field(3, ge=1)
+    pred_embed: int = Field(64, ge=1)
+    pred_hidden: int = Field(128, ge=1)
+    pred_layers: int = Field(1, ge=1)
+    joint_dim: int = Field(160, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+def subsampled_lengths(lengths: Tensor) -> Tensor:
+    """Valid output frames of either front end for ``lengths`` input frames: ceil(L / 4)."""
+    return torch.div(lengths + SUBSAMPLING_FACTOR - 1, SUBSAMPLING_FACTOR, rounding_mode="floor")
+
+
+class ConvSubsampling(nn.Module):
+    """Two causal stride-2 Conv1d over time with the mel bins as channels: 4x fewer frames.
+
+    Left-only padding keeps it streamable and means a valid output frame never reads a padded input
+    frame, so batching with padding cannot change it.
+    """
+
+    def __init__(self, n_mels: int, out_dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(n_mels, out_dim, kernel_size=3, stride=2)
+        self.conv2 = nn.Conv1d(out_dim, out_dim, kernel_size=3, stride=2)
+        self.activation = nn.ReLU()
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = feats.transpose(1, 2)
+        x = self.activation(self.conv1(nn.functional.pad(x, (2, 0))))
+        x = self.activation(self.conv2(nn.functional.pad(x, (2, 0))))
+        return x.transpose(1, 2), subsampled_lengths(lengths)
+
+
+class StackSubsampling(nn.Module):
+    """Stack 4 consecutive frames and project them with one Linear: 4x fewer frames."""
+
+    def __init__(self, n_mels: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(SUBSAMPLING_FACTOR * n_mels, out_dim)
+        self.activation = nn.ReLU()
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        batch, frames, n_mels = feats.shape
+        # The last stack of an utterance may hold padding; zeroing it makes it match the zeros
+        # that pad the same utterance when it is run alone.
+        valid = torch.arange(frames, device=feats.device)[None, :] < lengths[:, None].to(feats.device)
+        x = feats * valid[..., None]
+        x = nn.functional.pad(x, (0, 0, 0, (-frames) % SUBSAMPLING_FACTOR))
+        x = x.reshape(batch, -1, SUBSAMPLING_FACTOR * n_mels)
+        return self.activation(self.linear(x)), subsampled_lengths(lengths)
+
+
+FRONTENDS = {"conv": ConvSubsampling, "stack": StackSubsampling}
+
+
+class LSTMEncoder(nn.Module):
+    """Unidirectional LSTM layers and a Linear projection into the joint space.
+
+    No packing: a unidirectional LSTM never lets later (padded) frames reach earlier valid ones,
+    and plain tensors keep the nn.LSTM easy to replace with a quantised one.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, layers: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(in_dim, hidden, num_layers=layers, batch_first=True,
+                            dropout=dropout if layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, _ = self.lstm(x)
+        return self.proj(self.dropout(x))
+
+
+LSTMState = tuple[Tensor, ...]
+
+
+class Predictor(nn.Module):
+    """Prediction network: Embedding -> LSTM -> Linear, fed the previous label (blank at start)."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, layers: int, out_dim: int,
+                 dropout: float, blank: int = BLANK) -> None:
+        super().__init__()
+        self.blank = blank
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True,
+                            dropout=dropout if layers > 1 else 0.0)
+        self.proj = nn.Linear(hidden, out_dim)
+
+    def forward(self, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """(B, U) padded labels -> (B, U+1, out_dim): output u has seen labels before u."""
+        valid = torch.arange(targets.shape[1], device=targets.device)[None, :] < target_lengths[:, None]
+        labels = torch.where(valid, targets, self.blank)  # padding may be -1
+        start = torch.full_like(labels[:, :1], self.blank)
+        x = self.dropout(self.embed(torch.cat([start, labels], dim=1)))
+        x, _ = self.lstm(x)
+        return self.proj(self.dropout(x))
+
+    def step(self, tokens: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
+        """One label per utterance, (B,) -> (B, out_dim); state None starts a sequence."""
+        x, state = self.lstm(self.embed(tokens)[:, None], state)
+        return self.proj(x[:, 0]), state
+
+
+class Joiner(nn.Module):
+    """tanh(encoder projection + predictor projection) -> Linear to the vocabulary."""
+
+    def __init__(self, joint_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.activation = nn.Tanh()
+        self.out = nn.Linear(joint_dim, vocab_size)
+
+    def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
+        return self.out(self.activation(enc + pred))
+
+
+@torch.no_grad()
+def transducer_greedy_search(enc_out: Tensor, enc_lengths: Tensor, predictor: nn.Module, joiner: nn.Module,
+                             max_symbols_per_frame: int = 5, blank: int = BLANK) -> list[list[int]]:
+    """Batched greedy transducer decoding, all utterances in step, frame by frame.
+
+    ``predictor.step(tokens (B,), state) -> (out (B, J), state)`` with the state a tuple of tensors
+    whose dim 1 is the batch (as nn.LSTM's), and ``joiner(enc (B, J), pred (B, J)) -> (B, V)``.
+    At each frame an utterance emits labels until the joiner prefers blank or it has emitted
+    ``max_symbols_per_frame`` labels.
+    """
+    batch = enc_out.shape[0]
+    enc_lengths = enc_lengths.to(enc_out.device)
+    tokens = torch.full((batch,), blank, dtype=torch.long, device=enc_out.device)
+    pred_out, state = predictor.step(tokens, None)
+    hypotheses: list[list[int]] = [[] for _ in range(batch)]
+    for t in range(enc_out.shape[1]):
+        active = enc_lengths > t
+        if not active.any():
+            break
+        enc_t = enc_out[:, t]
+        for _ in range(max_symbols_per_frame):
+            labels = joiner(enc_t, pred_out).argmax(dim=-1)
+            emit = active & (labels != blank)
+            if not emit.any():
+                break
+            for b, label in zip(emit.nonzero().flatten().tolist(), labels[emit].tolist()):
+                hypotheses[b].append(label)
+            new_out, new_state = predictor.step(labels, state)
+            pred_out = torch.where(emit[:, None], new_out, pred_out)
+            state = tuple(torch.where(emit[None, :, None], new, old) for new, old in zip(new_state, state))
+            active = emit
+    return hypotheses
+
+
+class RNNT(nn.Module):
+    """Streaming RNN transducer for characters; returns its loss from ``forward``."""
+
+    kind: ClassVar[str] = "transducer"
+    config_class: ClassVar[type[Section]] = RNNTConfig
+    site_steps: ClassVar[dict[str, str]] = {
+        "frontend": "frame", "encoder": "frame", "predictor": "token", "joiner": "joint",
+    }
+
+    def __init__(self, config: RNNTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.frontend = FRONTENDS[config.subsampling](config.n_mels, config.frontend_dim)
+        self.encoder = LSTMEncoder(config.frontend_dim, config.enc_hidden, config.enc_layers,
+                                   config.joint_dim, config.dropout)
+        self.predictor = Predictor(config.vocab_size, config.pred_embed, config.pred_hidden,
+                                   config.pred_layers, config.joint_dim, config.dropout)
+        self.joiner = Joiner(config.joint_dim, config.vocab_size)
+
+    def output_lengths(self, feat_lens: Tensor) -> Tensor:
+        """Encoder frames produced for ``feat_lens`` feature frames."""
+        return subsampled_lengths(feat_lens)
+
+    def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, n_mels) features -> (B, T', joint_dim) encoder output and its lengths."""
+        x, lengths = self.frontend(feats, feat_lens)
+        return self.encoder(x), lengths
+
+    def forward(self, feats: Tensor, feat_lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
+        """Mean transducer loss over the utterances of a padded batch."""
+        enc, enc_lens = self.encode(feats, feat_lens)
+        return transducer_loss(enc, enc_lens, targets, target_lens, self.predictor, self.joiner)
+
+    def greedy_decode(self, feats: Tensor, feat_lens: Tensor,
+                      max_symbols_per_frame: int = 5) -> list[list[int]]:
+        """Greedy label sequences (without blanks) per utterance of a padded batch; call eval() first."""
+        with torch.no_grad():
+            enc, enc_lens = self.encode(feats, feat_lens)
+        return transducer_greedy_search(enc, enc_lens, self.predictor, self.joiner, max_symbols_per_frame)
+
+
+def transducer_loss(enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor,
+                    predictor: Predictor, joiner: Joiner) -> Tensor:
+    """Mean RNN-T loss over utterances from encoder output already in the joint space."""
+    # Trimming to the longest utterance keeps the (B, T, U+1, J) joint as small as the batch allows.
+    max_t, max_u = int(enc_lens.max()), int(target_lens.max())
+    enc, targets = enc[:, :max_t], targets[:, :max_u]
+    pred = predictor(targets, target_lens)
+    logits = joiner(enc[:, :, None, :], pred[:, None, :, :])
+    return rnnt_loss(logits, targets, enc_lens, target_lens, blank=BLANK, reduction="mean")

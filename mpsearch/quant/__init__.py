@@ -1,0 +1,1 @@
+"""Quantisation: sites, configs and policies (imports torch only)."""

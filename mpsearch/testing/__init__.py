@@ -1,0 +1,1 @@
+"""Test support shipped with the package: contract suites that every registry entry must pass."""
