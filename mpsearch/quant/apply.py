@@ -1,0 +1,141 @@
+"""apply(model, policy): a quantized copy of any model, module by module, as the policy says."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import Tensor, nn
+
+from mpsearch.errors import ConfigError, MpsearchError, PolicyError
+from mpsearch.quant.config import QuantConfig
+from mpsearch.quant.modules import QUANT_MODULES, QuantModule
+from mpsearch.quant.policy import Policy
+from mpsearch.quant.quantizers import QUANTIZERS, ActivationQuantizer, WeightQuantizer
+from mpsearch.quant.sites import find_sites
+
+# "nna" (the accelerator's integer arithmetic) arrives with the NNA emulation step.
+EMULATIONS = ("none",)
+
+
+def apply(model: nn.Module, policy: Policy, emulation: str = "none") -> nn.Module:
+    """A deep copy of `model` whose quantized sites run through fake quantizers; `model` is untouched.
+
+    Every module with at least one site the policy quantizes is replaced by its Quant* counterpart
+    holding the same float parameters; sites resolved to None stay float (an LSTM quantizes each of
+    its matrices by its own site's config).
+    """
+    if emulation not in EMULATIONS:
+        raise ConfigError(f"Unknown emulation '{emulation}'; valid choices: {', '.join(EMULATIONS)}.")
+    sites = find_sites(model)
+    policy.validate(sites, QUANTIZERS.names())
+    per_module: dict[str, dict[str, QuantConfig | None]] = {}
+    for site in sites:
+        cfg = policy.resolve(site.name)
+        if cfg is not None:
+            _check_site_config(site.name, cfg)
+        per_module.setdefault(site.module, {})[site.param] = cfg
+
+    model = copy.deepcopy(model)
+    for module_name, configs in per_module.items():
+        if all(cfg is None for cfg in configs.values()):
+            continue
+        module = model.get_submodule(module_name)
+        _check_swappable(model, module_name, module)
+        quantized = QUANT_MODULES[_float_class(module)].from_float(module, configs)
+        if module_name == "":
+            model = quantized
+        else:
+            parent_name, _, child = module_name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, quantized)
+    return model
+
+
+def _check_site_config(site_name: str, cfg: QuantConfig) -> None:
+    if cfg.sparsity is not None:
+        raise PolicyError(f"Site '{site_name}' asks for sparsity ({cfg.sparsity.method}), which quant.apply "
+                          "does not apply yet; remove 'sparsity' from its config.")
+    try:
+        QUANTIZERS.get(cfg.method).check_config(cfg)
+    except MpsearchError as exc:
+        raise PolicyError(f"Site '{site_name}': {exc}") from None
+
+
+def _float_class(module: nn.Module) -> type[nn.Module]:
+    for float_class in QUANT_MODULES:
+        if isinstance(module, float_class):
+            return float_class
+    raise PolicyError(f"No quantized module for {type(module).__name__}; "
+                      f"supported: {', '.join(c.__name__ for c in QUANT_MODULES)}.")
+
+
+def _check_swappable(model: nn.Module, module_name: str, module: nn.Module) -> None:
+    label = module_name or "<root>"
+    if isinstance(module, QuantModule):
+        raise PolicyError(f"Module '{label}' is already quantized; apply the policy to the float model.")
+    float_class = _float_class(module)
+    if type(module).forward is not float_class.forward:
+        raise PolicyError(f"Module '{label}' ({type(module).__name__}) overrides {float_class.__name__}.forward, "
+                          "which a quantized replacement would drop; keep its site(s) float (null).")
+    parent_name, _, _ = module_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if module_name else None
+    if isinstance(parent, nn.MultiheadAttention):
+        raise PolicyError(f"Module '{label}' belongs to an nn.MultiheadAttention, which reads its weight "
+                          "directly; keep the site float (null) or use separate q/k/v/o nn.Linear layers.")
+
+
+def _quant_modules(model: nn.Module) -> Iterator[tuple[str, QuantModule]]:
+    for name, module in model.named_modules():
+        if isinstance(module, QuantModule):
+            yield name, module
+
+
+def quantized_sites(model: nn.Module) -> dict[str, WeightQuantizer]:
+    """Site name -> weight quantizer, for every quantized site of a model returned by `apply`."""
+    return {module.site_name(name, param): quantizer
+            for name, module in _quant_modules(model)
+            for param, quantizer in module.weight_quantizers.items()}
+
+
+def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
+    """Site name -> the quantizer of the activation entering that site's matmul."""
+    return {module.site_name(name, param): quantizer
+            for name, module in _quant_modules(model)
+            for param, quantizer in module.input_quantizers.items()}
+
+
+def export_weights(model: nn.Module) -> dict[str, tuple[Tensor, Tensor, Tensor, int]]:
+    """Site name -> (int8 codes, scale, zero point, bits) of every quantized weight (fake-quant export).
+
+    (codes - zero_point) * scale is exactly the weight the quantized model computes with.
+    """
+    exported = {}
+    for name, module in _quant_modules(model):
+        for param, quantizer in module.weight_quantizers.items():
+            codes, scale, zero_point = quantizer.quantize_int(getattr(module, param))
+            exported[module.site_name(name, param)] = (codes, scale, zero_point, quantizer.bits)
+    return exported
+
+
+@contextmanager
+def calibrating(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, activation quantizers only observe ranges and pass activations through float.
+
+    Run a few representative batches inside it (under torch.no_grad) before QAT or evaluation.
+    """
+    quantizers = list(activation_quantizers(model).values())
+    previous = [q.calibrating for q in quantizers]
+    for q in quantizers:
+        q.calibrating = True
+    try:
+        yield model
+    finally:
+        for q, was in zip(quantizers, previous):
+            q.calibrating = was
+
+
+def freeze_activation_ranges(model: nn.Module) -> None:
+    """Stop every activation quantizer from observing: its range (or learned step) is final."""
+    for q in activation_quantizers(model).values():
+        q.freeze()
