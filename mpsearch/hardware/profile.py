@@ -9,7 +9,7 @@ import itertools
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
@@ -18,6 +18,8 @@ from mpsearch.artifacts import write_text
 from mpsearch.config import Section
 from mpsearch.errors import ConfigError
 from mpsearch.quant.config import MAX_BITS, MIN_BITS
+from mpsearch.quant.nna.errors import NNAError
+from mpsearch.quant.nna.numerics import NNANumerics
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ class HardwareProfile(Section):
       activation_bits: width the chip moves activations at; a narrower act_bits still moves at this width.
       layer_overhead_us: fixed cost per site per step (launch, DMA setup), microseconds.
       float_policy: a site the policy keeps float is an error (`reject`) or runs in 32 bits (`fp32`).
+      numerics: the chip's integer arithmetic for NNA emulation (keys of
+        mpsearch.quant.nna.NNANumerics: activation_bits, accumulator_bits, multiplier_bits, rounding,
+        cell_state_bits, lut_bits); validated here, kept as the mapping; None: not an NNA profile.
     """
 
     name: str = ""
@@ -97,6 +102,22 @@ class HardwareProfile(Section):
     activation_bits: PositiveInt = 8
     layer_overhead_us: NonNegative = 0.0
     float_policy: Literal["reject", "fp32"] = "reject"
+    numerics: dict[str, Any] | None = None
+
+    @field_validator("numerics")
+    @classmethod
+    def _numerics_are_valid(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        try:
+            numerics = NNANumerics.from_dict(value)
+        except NNAError as exc:
+            # "The numerics 'x' must ..." reads "'numerics' key 'x' must ..." after the field name.
+            raise ValueError(str(exc).rstrip(".").replace("The numerics '", "key '", 1)) from None
+        moved = info.data.get("activation_bits")
+        if moved is not None and numerics.activation_bits != moved:
+            raise ValueError(f"must have activation_bits equal to the profile's activation_bits ({moved})")
+        return value
 
     @field_validator("onchip_bandwidth_gbps")
     @classmethod

@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mpsearch.config import Section
+from mpsearch.models.ops import Add
 from mpsearch.models.rnnt_loss import rnnt_loss
 
 BLANK = 0
@@ -33,6 +34,7 @@ class RNNTConfig(Section):
     pred_layers: int = Field(1, ge=1)
     joint_dim: int = Field(160, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    ctc_weight: float = Field(0.0, ge=0.0, description="weight of an auxiliary CTC loss in training")
 
 
 def subsampled_lengths(lengths: Tensor) -> Tensor:
@@ -137,11 +139,12 @@ class Joiner(nn.Module):
 
     def __init__(self, joint_dim: int, vocab_size: int) -> None:
         super().__init__()
+        self.add = Add()  # a module, so integer emulation can replace the add
         self.activation = nn.Tanh()
         self.out = nn.Linear(joint_dim, vocab_size)
 
     def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
-        return self.out(self.activation(enc + pred))
+        return self.out(self.activation(self.add(enc, pred)))
 
 
 @torch.no_grad()
@@ -209,7 +212,10 @@ class RNNT(nn.Module):
     def forward(self, feats: Tensor, feat_lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
         """Mean transducer loss over the utterances of a padded batch."""
         enc, enc_lens = self.encode(feats, feat_lens)
-        return transducer_loss(enc, enc_lens, targets, target_lens, self.predictor, self.joiner)
+        loss = transducer_loss(enc, enc_lens, targets, target_lens, self.predictor, self.joiner)
+        if self.training and self.config.ctc_weight > 0:
+            loss = loss + self.config.ctc_weight * auxiliary_ctc_loss(enc, enc_lens, targets, target_lens, self.joiner)
+        return loss
 
     def greedy_decode(self, feats: Tensor, feat_lens: Tensor,
                       max_symbols_per_frame: int = 5) -> list[list[int]]:
@@ -217,6 +223,17 @@ class RNNT(nn.Module):
         with torch.no_grad():
             enc, enc_lens = self.encode(feats, feat_lens)
         return transducer_greedy_search(enc, enc_lens, self.predictor, self.joiner, max_symbols_per_frame)
+
+
+def auxiliary_ctc_loss(enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor,
+                       joiner: nn.Module) -> Tensor:
+    """CTC on the joiner fed a zero predictor output: it pulls the encoder towards the labels early,
+    which shortens the transducer's long start where it only learns the label prior, and adds no
+    weights (so no site that inference would not run)."""
+    log_probs = joiner(enc, torch.zeros_like(enc)).log_softmax(dim=-1)
+    losses = nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, enc_lens, target_lens, blank=BLANK,
+                                    reduction="none", zero_infinity=True)
+    return losses.mean()
 
 
 def transducer_loss(enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor,

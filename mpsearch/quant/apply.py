@@ -11,32 +11,50 @@ from torch import Tensor, nn
 from mpsearch.errors import ConfigError, MpsearchError, PolicyError
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.modules import QUANT_MODULES, QuantModule
+from mpsearch.quant.nna import convert as nna_convert
+from mpsearch.quant.nna.errors import NNAError
+from mpsearch.quant.nna.modules import NNAModule
+from mpsearch.quant.nna.numerics import NNANumerics
 from mpsearch.quant.policy import Policy
 from mpsearch.quant.quantizers import QUANTIZERS, ActivationQuantizer, WeightQuantizer
 from mpsearch.quant.sites import find_sites
 
-# "nna" (the accelerator's integer arithmetic) arrives with the NNA emulation step.
-EMULATIONS = ("none",)
+EMULATIONS = ("none", "nna")
 
 
-def apply(model: nn.Module, policy: Policy, emulation: str = "none") -> nn.Module:
+def apply(model: nn.Module, policy: Policy, emulation: str = "none",
+          numerics: NNANumerics | None = None) -> nn.Module:
     """A deep copy of `model` whose quantized sites run through fake quantizers; `model` is untouched.
 
-    Every module with at least one site the policy quantizes is replaced by its Quant* counterpart
-    holding the same float parameters; sites resolved to None stay float (an LSTM quantizes each of
-    its matrices by its own site's config).
+    emulation="none": every module with at least one site the policy quantizes is replaced by its
+    Quant* counterpart holding the same float parameters; sites resolved to None stay float (an LSTM
+    quantizes each of its matrices by its own site's config).
+
+    emulation="nna": the accelerator's integer arithmetic (`numerics`, default NNANumerics(); see
+    NNANumerics.from_profile). Every site must be quantized (symmetric weights, act_bits equal to
+    the chip's); Linear, Conv1d, Embedding and LSTM become NNA modules, ReLU, Tanh, Sigmoid and op
+    modules with `op_name` "add" become integer ops, dropout is removed, and any other leaf module
+    is an error. Calibrate the result with `mpsearch.quant.nna.calibrate_nna` before using it.
     """
     if emulation not in EMULATIONS:
         raise ConfigError(f"Unknown emulation '{emulation}'; valid choices: {', '.join(EMULATIONS)}.")
+    if numerics is not None and emulation != "nna":
+        raise ConfigError("'numerics' describes the NNA's integer arithmetic; pass it with emulation='nna'.")
     sites = find_sites(model)
     policy.validate(sites, QUANTIZERS.names())
     per_module: dict[str, dict[str, QuantConfig | None]] = {}
     for site in sites:
         cfg = policy.resolve(site.name)
+        if emulation == "nna":
+            nna_convert.check_site(site.name, cfg, numerics or NNANumerics())
         if cfg is not None:
             _check_site_config(site.name, cfg)
         per_module.setdefault(site.module, {})[site.param] = cfg
 
+    if emulation == "nna":
+        for module_name in per_module:
+            _check_swappable(model, module_name, model.get_submodule(module_name))
+        return nna_convert.to_nna(copy.deepcopy(model), per_module, numerics or NNANumerics())
     model = copy.deepcopy(model)
     for module_name, configs in per_module.items():
         if all(cfg is None for cfg in configs.values()):
@@ -124,6 +142,10 @@ def calibrating(model: nn.Module) -> Iterator[nn.Module]:
 
     Run a few representative batches inside it (under torch.no_grad) before QAT or evaluation.
     """
+    if any(isinstance(m, NNAModule) for m in model.modules()):
+        raise NNAError("An NNA-emulated model calibrates with mpsearch.quant.nna.calibrate_nna(model, "
+                       "batches), which also links each input to its producer's scale; calibrating() is for "
+                       "emulation='none'.")
     quantizers = list(activation_quantizers(model).values())
     previous = [q.calibrating for q in quantizers]
     for q in quantizers:

@@ -27,7 +27,7 @@ def test_unknown_model_lists_the_valid_names():
 
 
 def test_unknown_param_is_named_with_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"model\.params\.enc_size .*valid params: dropout, enc_hidden"):
+    with pytest.raises(ConfigError, match=r"model\.params\.enc_size .*valid params: ctc_weight, dropout, enc_hidden"):
         build_model(ModelConfig(name="rnnt", params={"enc_size": 3}), vocab_size=30, n_mels=80)
 
 

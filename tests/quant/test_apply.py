@@ -166,8 +166,8 @@ def test_calibration_then_freeze():
 
 
 def test_emulation_must_be_a_known_value():
-    with pytest.raises(ConfigError, match="Unknown emulation 'nna'; valid choices: none"):
-        apply(make_model(), Policy.uniform(W8), emulation="nna")
+    with pytest.raises(ConfigError, match="Unknown emulation 'fpga'; valid choices: none, nna"):
+        apply(make_model(), Policy.uniform(W8), emulation="fpga")
 
 
 def test_policy_is_validated_against_the_model():

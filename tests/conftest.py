@@ -1,4 +1,4 @@
-"""Fixtures shared by the data tests: one tiny synthesized corpus per session."""
+"""Fixtures shared by every test folder: one tiny synthesized corpus per session, one torch thread."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from mpsearch.data.synth import synthesize_corpus
 
@@ -24,3 +25,12 @@ def synth_corpus(tmp_path_factory) -> TinyCorpus:
     folder = tmp_path_factory.mktemp("synth") / "corpus"
     manifests = synthesize_corpus(folder, utterances=40, seed=7, workers=2)
     return TinyCorpus(folder, manifests, utterances=40, seed=7)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and spinning OpenMP threads stall on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,102 @@
+"""Swapping a model's modules for their NNA versions (the emulation="nna" branch of quant.apply)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from mpsearch.quant.config import QuantConfig
+from mpsearch.quant.nna.errors import NNAError
+from mpsearch.quant.nna.lstm import NNALSTM
+from mpsearch.quant.nna.modules import (
+    NNAAdd,
+    NNAConv1d,
+    NNAEmbedding,
+    NNALinear,
+    NNAModule,
+    NNAReLU,
+    NNASigmoid,
+    NNATanh,
+    NNAWeighted,
+)
+from mpsearch.quant.nna.numerics import NNANumerics
+
+NNA_MODULES: dict[type[nn.Module], type[NNAWeighted]] = {
+    nn.Linear: NNALinear,
+    nn.Conv1d: NNAConv1d,
+    nn.Embedding: NNAEmbedding,
+    nn.LSTM: NNALSTM,
+}
+# Float ops (torch modules, or model op modules by their `op_name`) -> integer versions.
+NNA_OPS = {nn.ReLU: NNAReLU, nn.Tanh: NNATanh, nn.Sigmoid: NNASigmoid}
+NNA_NAMED_OPS = {"add": NNAAdd}
+# Leaves that compute nothing once dropout is off.
+PASSIVE = (nn.Identity, nn.Dropout)
+
+
+def check_site(site_name: str, cfg: QuantConfig | None, numerics: NNANumerics) -> None:
+    """Raise an NNAError if the chip cannot run site `site_name` as `cfg` says."""
+    if cfg is None:
+        raise NNAError(f"Site '{site_name}' is kept float, which the NNA cannot run; give it a QuantConfig "
+                       "(every site runs in integers on the chip).")
+    if not cfg.symmetric:
+        raise NNAError(f"Site '{site_name}' has asymmetric weights; the NNA takes symmetric weights "
+                       "(zero point 0): set 'symmetric: true'.")
+    if cfg.act_bits != numerics.activation_bits:
+        raise NNAError(f"Site '{site_name}' asks for act_bits {cfg.act_bits}, but the NNA moves activations "
+                       f"at {numerics.activation_bits} bits; set act_bits to {numerics.activation_bits}.")
+
+
+def supported_names() -> str:
+    names = [c.__name__ for c in (*NNA_MODULES, *NNA_OPS)] + [f"op '{n}'" for n in NNA_NAMED_OPS]
+    return ", ".join([*names, "Dropout"])
+
+
+def float_class(module: nn.Module) -> type[nn.Module] | None:
+    for cls in NNA_MODULES:
+        if isinstance(module, cls):
+            return cls
+    return None
+
+
+def to_nna(model: nn.Module, per_module: Mapping[str, Mapping[str, QuantConfig | None]],
+           numerics: NNANumerics) -> nn.Module:
+    """Replace, in place, every module of `model` by its NNA version; returns the (possibly new) root."""
+    replacements: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if any(name.startswith(done + ".") for done in replacements if done):
+            continue
+        new = _replacement(name, module, per_module, numerics)
+        if new is not None:
+            if isinstance(new, NNAModule):
+                new.nna_name = name or "<root>"
+            replacements[name] = new
+    for name, new in replacements.items():
+        if name == "":
+            model = new
+        else:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, new)
+    return model
+
+
+def _replacement(name: str, module: nn.Module, per_module: Mapping[str, Mapping[str, QuantConfig | None]],
+                 numerics: NNANumerics) -> nn.Module | None:
+    if name in per_module:
+        return NNA_MODULES[float_class(module)].from_float(module, per_module[name], numerics)
+    if isinstance(module, nn.Dropout):
+        return nn.Identity()  # the chip has no dropout; training sees the deployed graph
+    for cls, nna_cls in NNA_OPS.items():
+        if type(module) is cls:
+            return nna_cls(numerics) if nna_cls is not NNAReLU else NNAReLU()
+    op_name = getattr(type(module), "op_name", None)
+    if op_name is not None:
+        if op_name not in NNA_NAMED_OPS:
+            raise NNAError(f"Module '{name}' is op '{op_name}', which has no NNA version yet; supported: "
+                           f"{supported_names()}.")
+        return NNA_NAMED_OPS[op_name](numerics)
+    if not list(module.children()) and not isinstance(module, PASSIVE):
+        raise NNAError(f"Module '{name or '<root>'}' ({type(module).__name__}) has no NNA integer version; "
+                       f"supported: {supported_names()}.")
+    return None

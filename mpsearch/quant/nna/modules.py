@@ -1,0 +1,445 @@
+"""NNA-emulated modules: every forward computes the accelerator's exact integer result.
+
+Tensors between modules are dequantized floats, code * scale, where the scale is the producer's
+frozen output scale; `calibrate_nna` links each consumer's input scale to its producer's (the same
+float32 value), so the consumer recovers the exact code as round(x / scale): x is code * scale
+rounded once to float32, so x / scale is off the code by at most |code| * 2^-24 < 2^-8 (codes are at
+most 16 bits). A module returns
+
+    code * out_scale + (surrogate - surrogate.detach())
+
+whose value is the integer result and whose gradient is the float surrogate's (straight-through):
+the loss sees the chip's errors, the weights get the usual QAT gradients. Matmuls run as float64
+matmuls of integer-valued tensors, exact because |int8 * int8 * K| < 2^53; requantisation and lookup
+tables run on int64 tensors with the primitives of `numerics`, shared with the reference executor.
+
+Phases: "new" (apply() made it; using it raises), "calibrating" (float forward that observes ranges
+and traces which module produced each input), "frozen" (integer forward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mpsearch.quant.config import QuantConfig
+from mpsearch.quant.modules import QuantModule
+from mpsearch.quant.nna.errors import NNAError
+from mpsearch.quant.nna.numerics import (
+    LUT_FUNCTIONS,
+    LUT_INPUT_CAPS,
+    NNANumerics,
+    build_lut,
+    quantize_multipliers,
+    requantize,
+    requantize_sum,
+    saturate,
+)
+from mpsearch.quant.parts import MIN_SCALE
+
+PHASES = ("new", "calibrating", "frozen")
+# Inputs recovered from a producer must sit this close to its grid when grid checks are on.
+GRID_TOLERANCE = 1e-3
+_checks = {"grid": False}
+
+
+def act_scale(absmax: float, numerics: NNANumerics, cap: float | None = None) -> float:
+    """Per-tensor scale of a signed activation observed up to |x| <= absmax (capped at `cap`)."""
+    peak = min(absmax, cap) if cap is not None else absmax
+    return max(peak / numerics.act_range[1], MIN_SCALE)
+
+
+def to_numpy64(x: Tensor | float) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def multipliers(reals: list[Tensor | float], numerics: NNANumerics,
+                device: torch.device) -> tuple[list[Tensor], Tensor]:
+    """`quantize_multipliers` on torch scales: int64 multipliers and shifts on `device`."""
+    ms, shift = quantize_multipliers([to_numpy64(r) for r in reals], numerics.multiplier_bits)
+    return [torch.from_numpy(m).to(device) for m in ms], torch.from_numpy(shift).to(device)
+
+
+def integer_matmul(codes: Tensor, weight_codes: Tensor) -> Tensor:
+    """codes (..., K) @ weight_codes (N, K)^T exactly, as int64 (float64 is exact below 2^53)."""
+    return torch.matmul(codes.to(torch.float64), weight_codes.to(torch.float64).t()).to(torch.int64)
+
+
+class NNAModule:
+    """Mixin of every NNA module: phase, input links, observed ranges and frozen scales.
+
+    `in_scales[p]` is the scale of activation input p (a producer's `out_scale`, or for a model
+    input its own calibrated scale), `out_scale` the scale of the output codes.
+    """
+
+    input_ports: ClassVar[int] = 1
+    # A lookup table's input range beyond which its output is saturated anyway (None: no such range).
+    input_cap: ClassVar[float | None] = None
+    numerics: NNANumerics
+    nna_name: str
+    phase: str
+
+    def init_nna(self, numerics: NNANumerics, device: torch.device | None = None) -> None:
+        self.numerics = numerics
+        self.nna_name = ""
+        self.phase = "new"
+        # Per input port: the producing module's name, or None for a model input (features).
+        self.input_sources: list[str | None] = [None] * self.input_ports
+        self._tracer: Any = None
+        self.register_buffer("in_scales", torch.ones(self.input_ports, device=device))
+        self.register_buffer("out_scale", torch.ones((), device=device))
+        self.reset_observations()
+
+    # --- calibration -------------------------------------------------------------------------
+    def start_calibration(self, tracer: Any) -> None:
+        """Run float from now on, observing ranges afresh, with `tracer` linking inputs to producers."""
+        self.phase = "calibrating"
+        self._tracer = tracer
+        self.reset_observations()
+
+    def reset_observations(self) -> None:
+        self._linked = [False] * self.input_ports
+        self._observed_in = [0.0] * self.input_ports
+        self._observed_out = 0.0
+        self._observed_positive = 0.0
+        self._calls = 0
+
+    def see_input(self, port: int, x: Tensor) -> None:
+        source, via_relu = self._tracer.source(x, self)
+        if source is not None:
+            self._tracer.note_use(source, via_relu, self.input_cap)
+        if self._linked[port] and source != self.input_sources[port]:
+            raise NNAError(f"Input {port} of '{self.nna_name}' comes from '{self.input_sources[port]}' in "
+                           f"one call and '{source}' in another; the chip needs one scale per input: use one "
+                           "module instance per call site.")
+        self.input_sources[port] = source
+        self._linked[port] = True
+        if source is None:
+            self._observed_in[port] = max(self._observed_in[port], float(x.detach().abs().max()))
+
+    def see_output(self, y: Tensor, observe: bool = True) -> None:
+        self._calls += 1
+        if observe:
+            seen = y.detach()
+            self._observed_out = max(self._observed_out, float(seen.abs().max()))
+            self._observed_positive = max(self._observed_positive, float(seen.max()))
+        self._tracer.register(y, self)
+
+    def output_scale(self, uses: list[Any]) -> float:
+        """The frozen output scale, from what calibration observed and how consumers read the output.
+
+        When every consumer reads it through a ReLU, only the positive range matters: negative codes
+        saturate and the ReLU zeroes them either way (the chip's fused ReLU). When every consumer is
+        a lookup table, the range stops where the table saturates.
+        """
+        relu_only = bool(uses) and all(use.via_relu for use in uses)
+        caps = [use.cap for use in uses]
+        cap = max(caps) if caps and None not in caps else None
+        peak = self._observed_positive if relu_only else self._observed_out
+        return act_scale(peak, self.numerics, cap)
+
+    def freeze_output(self, uses: list[Any]) -> None:
+        if not self._calls:
+            raise NNAError(f"'{self.nna_name}' saw no data during calibration; calibrate with batches that "
+                           "run every part of the model (a forward that computes the loss does).")
+        self.out_scale.fill_(self.output_scale(uses))
+
+    def freeze_inputs(self, modules: Mapping[str, NNAModule]) -> None:
+        for port, source in enumerate(self.input_sources):
+            if source is None:
+                self.in_scales[port] = act_scale(self._observed_in[port], self.numerics)
+            else:
+                self.in_scales[port] = modules[source].out_scale
+        self.phase = "frozen"
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Build what depends only on the frozen scales (lookup tables, fixed multipliers)."""
+
+    # --- integer forward ---------------------------------------------------------------------
+    def check_ready(self) -> bool:
+        """True while calibrating (run float); raises before calibration."""
+        if self.phase == "frozen":
+            return False
+        if self.phase == "calibrating":
+            return True
+        raise NNAError(f"'{self.nna_name or type(self).__name__}' has no calibrated scales; run "
+                       "mpsearch.quant.nna.calibrate_nna(model, batches) on real data before using the "
+                       "model.")
+
+    def input_codes(self, x: Tensor, port: int = 0) -> Tensor:
+        """The int64 codes of input `port`: exact for a producer's output, quantized for a model input."""
+        scale = self.in_scales[port].to(torch.float64)
+        v = x.detach().to(torch.float64) / scale
+        codes = torch.round(v)
+        if _checks["grid"] and self.input_sources[port] is not None and v.numel():
+            off = float((v - codes).abs().max())
+            if off > GRID_TOLERANCE:
+                raise NNAError(f"Input {port} of '{self.nna_name}' is {off:.3g} codes off the grid of "
+                               f"'{self.input_sources[port]}'; something between them changed it in float.")
+        return saturate(codes.to(torch.int64), self.numerics.act_range)
+
+    def emit(self, codes: Tensor, scale: Tensor, surrogate: Tensor | None) -> Tensor:
+        """code * scale in float32, carrying the float surrogate's gradient when there is one."""
+        value = codes.to(torch.float32) * scale
+        if surrogate is None:
+            return value
+        return value + (surrogate - surrogate.detach())
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"phase": self.phase, "input_sources": list(self.input_sources),
+                "numerics": self.numerics.to_dict(), "nna_name": self.nna_name}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.phase = state["phase"]
+        self.input_sources = list(state["input_sources"])
+        self.numerics = NNANumerics.from_dict(state["numerics"])
+        self.nna_name = state["nna_name"]
+        if self.phase == "frozen":
+            self.prepare()
+
+
+def _grad_wanted() -> bool:
+    return torch.is_grad_enabled()
+
+
+class NNAWeighted(NNAModule, QuantModule):
+    """A module with weight sites: codes from each site's own quantizer (symmetric, 2..8 bits)."""
+
+    # The NNA quantizes activations itself (calibrated, linked scales), not with input quantizers.
+    quantizes_inputs = False
+
+    @classmethod
+    def from_float(cls, module: nn.Module, configs: Mapping[str, QuantConfig | None],
+                   numerics: NNANumerics | None = None):
+        new = super().from_float(module, configs)
+        weight = next(iter(new.parameters()))
+        new.init_nna(numerics or NNANumerics(), weight.device)
+        return new
+
+    def weight_codes(self, param: str) -> tuple[Tensor, Tensor, int]:
+        """(int8 codes, per-output-channel float32 scale of shape (out,), bits) of weight `param`."""
+        weight = getattr(self, param)
+        quantizer = self.weight_quantizers[param]
+        codes, scale, _ = quantizer.quantize_int(weight)
+        return codes, scale.reshape(-1).expand(weight.shape[0]).to(torch.float32), quantizer.bits
+
+
+class _Affine(NNAWeighted):
+    """Linear and Conv1d: int32 accumulation, int32 bias, per-channel requantisation to int8."""
+
+    # Linear outputs have channels last; Conv1d outputs (B, C, L) or (C, L) have them at dim -2.
+    channels_last: ClassVar[bool] = True
+
+    def integer_params(self) -> dict[str, Tensor]:
+        """Everything the chip holds for this layer (int tensors; scales for reference)."""
+        codes, w_scale, bits = self.weight_codes("weight")
+        in_scale, out_scale = self.in_scales[0], self.out_scale
+        acc_scale = in_scale.double() * w_scale.double()
+        if self.bias is not None:
+            bias = saturate(torch.round(self.bias.detach().double() / acc_scale).to(torch.int64),
+                            self.numerics.acc_range)
+        else:
+            bias = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
+        (m,), shift = multipliers([acc_scale / out_scale.double()], self.numerics, codes.device)
+        return {"weight": codes, "weight_scale": w_scale, "bits": torch.tensor(bits), "bias": bias,
+                "multiplier": m, "shift": shift}
+
+    def _channels(self, v: Tensor) -> Tensor:
+        return v if self.channels_last else v[:, None]
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.check_ready():
+            self.see_input(0, input)
+            out = self.float_op(input, self.quantized("weight"))
+            self.see_output(out)
+            return out
+        p = self.integer_params()
+        with torch.no_grad():
+            acc = self.integer_op(self.input_codes(input), p["weight"])
+            acc = saturate(acc + self._channels(p["bias"]), self.numerics.acc_range)
+            codes = requantize(acc, self._channels(p["multiplier"]), self._channels(p["shift"]),
+                               self.numerics.rounding, self.numerics.act_range)
+        surrogate = self.float_op(input, self.quantized("weight")) if _grad_wanted() else None
+        return self.emit(codes, self.out_scale, surrogate)
+
+
+class NNALinear(_Affine, nn.Linear):
+    float_class = nn.Linear
+
+    def float_op(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight, self.bias)
+
+    def integer_op(self, codes: Tensor, weight_codes: Tensor) -> Tensor:
+        return integer_matmul(codes, weight_codes)
+
+
+class NNAConv1d(_Affine, nn.Conv1d):
+    float_class = nn.Conv1d
+    channels_last = False
+
+    @classmethod
+    def from_float(cls, module: nn.Module, configs: Mapping[str, QuantConfig | None],
+                   numerics: NNANumerics | None = None):
+        if getattr(module, "padding_mode", "zeros") != "zeros":
+            raise NNAError(f"NNA emulation pads with zero codes only; got padding_mode "
+                           f"'{module.padding_mode}'. Pad in the model or keep padding_mode 'zeros'.")
+        if getattr(module, "groups", 1) != 1 or isinstance(getattr(module, "padding", 0), str):
+            raise NNAError("NNA emulation runs Conv1d with groups 1 and integer padding; got groups "
+                           f"{module.groups}, padding {module.padding!r}: use groups=1 and a number.")
+        return super().from_float(module, configs, numerics)
+
+    def float_op(self, x: Tensor, weight: Tensor) -> Tensor:
+        return self._conv_forward(x, weight, self.bias)
+
+    def integer_op(self, codes: Tensor, weight_codes: Tensor) -> Tensor:
+        # As one matmul over unfolded windows, so exactness rests on the float64 GEMM alone (a
+        # convolution backend may pick FFT or Winograd algorithms, which round).
+        (stride,), (padding,), (dilation,) = self.stride, self.padding, self.dilation
+        kernel = weight_codes.shape[-1]
+        x = F.pad(codes, (padding, padding)) if padding else codes
+        windows = x.unfold(-1, dilation * (kernel - 1) + 1, stride)[..., ::dilation]  # (..., C, L, k)
+        out = integer_matmul(windows.transpose(-3, -2).flatten(-2), weight_codes.flatten(1))  # (..., L, O)
+        return out.transpose(-1, -2)
+
+
+class NNAEmbedding(NNAWeighted, nn.Embedding):
+    """Row lookup, then each row's codes requantized from its own scale to one per-tensor int8 scale.
+
+    The output scale is the table's own range (known without data, so rare tokens do not saturate).
+    """
+
+    float_class = nn.Embedding
+    input_ports = 0
+
+    @classmethod
+    def from_float(cls, module: nn.Module, configs: Mapping[str, QuantConfig | None],
+                   numerics: NNANumerics | None = None):
+        if getattr(module, "max_norm", None) is not None:
+            raise NNAError("An Embedding with max_norm renormalises its table in place, which the chip "
+                           "cannot follow; remove max_norm.")
+        return super().from_float(module, configs, numerics)
+
+    def output_scale(self, uses: list[Any]) -> float:
+        codes, w_scale, _ = self.weight_codes("weight")
+        peak = float((codes.abs().amax(dim=1).to(torch.float64) * w_scale.double()).max())
+        return act_scale(peak, self.numerics)
+
+    def integer_params(self) -> dict[str, Tensor]:
+        codes, w_scale, bits = self.weight_codes("weight")
+        (m,), shift = multipliers([w_scale.double() / self.out_scale.double()], self.numerics, codes.device)
+        return {"weight": codes, "weight_scale": w_scale, "bits": torch.tensor(bits),
+                "multiplier": m, "shift": shift}
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.check_ready():
+            out = F.embedding(input, self.quantized("weight"), self.padding_idx)
+            self.see_output(out, observe=False)
+            return out
+        p = self.integer_params()
+        with torch.no_grad():
+            rows = p["weight"].to(torch.int64)[input]
+            codes = requantize(rows, p["multiplier"][input][..., None], p["shift"][input][..., None],
+                               self.numerics.rounding, self.numerics.act_range)
+        surrogate = F.embedding(input, self.quantized("weight"), self.padding_idx) if _grad_wanted() else None
+        return self.emit(codes, self.out_scale, surrogate)
+
+
+class NNAOp(NNAModule, nn.Module):
+    """An NNA op without weights."""
+
+    def __init__(self, numerics: NNANumerics | None = None) -> None:
+        super().__init__()
+        self.init_nna(numerics or NNANumerics())
+
+
+class NNAAdd(NNAOp):
+    """Saturating add of two int8 tensors of different scales: one shared shift, one rounding."""
+
+    op_name: ClassVar[str] = "add"
+    input_ports = 2
+
+    def integer_params(self) -> dict[str, Tensor]:
+        out = self.out_scale.double()
+        (m_a, m_b), shift = multipliers([self.in_scales[0].double() / out, self.in_scales[1].double() / out],
+                                        self.numerics, self.out_scale.device)
+        return {"multipliers": torch.stack([m_a, m_b]), "shift": shift}
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        if self.check_ready():
+            self.see_input(0, a)
+            self.see_input(1, b)
+            out = a + b
+            self.see_output(out)
+            return out
+        p = self.integer_params()
+        with torch.no_grad():
+            codes = requantize_sum([self.input_codes(a, 0), self.input_codes(b, 1)], list(p["multipliers"]),
+                                   p["shift"], self.numerics.rounding, self.numerics.act_range)
+        return self.emit(codes, self.out_scale, a + b if _grad_wanted() else None)
+
+
+class NNALookup(NNAOp):
+    """A non-linearity by a 2^activation_bits-entry table indexed by the input code; output scale 1/127."""
+
+    function: ClassVar[str]
+
+    def __init__(self, numerics: NNANumerics | None = None) -> None:
+        super().__init__(numerics)
+        self.register_buffer("lut", torch.zeros(1 << self.numerics.activation_bits, dtype=torch.int64))
+
+    def output_scale(self, uses: list[Any]) -> float:
+        return self.numerics.unit_scale
+
+    def prepare(self) -> None:
+        table = build_lut(LUT_FUNCTIONS[self.function], float(self.in_scales[0]), self.numerics.unit_scale,
+                          self.numerics.activation_bits, self.numerics.lut_bits)
+        self.lut = torch.from_numpy(table).to(self.in_scales.device)
+
+    def float_fn(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(x) if self.function == "sigmoid" else torch.tanh(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.check_ready():
+            self.see_input(0, x)
+            out = self.float_fn(x)
+            self.see_output(out, observe=False)
+            return out
+        with torch.no_grad():
+            codes = self.lut[self.input_codes(x) - self.numerics.act_range[0]]
+        return self.emit(codes, self.out_scale, self.float_fn(x) if _grad_wanted() else None)
+
+
+class NNATanh(NNALookup):
+    function = "tanh"
+    input_cap = LUT_INPUT_CAPS["tanh"]
+
+
+class NNASigmoid(NNALookup):
+    function = "sigmoid"
+    input_cap = LUT_INPUT_CAPS["sigmoid"]
+
+
+class NNAReLU(nn.ReLU):
+    """max(code, 0) at the input's scale: exact on any grid, so it needs no scale of its own
+    (the chip fuses it into the producer's requantisation as a lower saturation bound)."""
+
+
+@contextlib.contextmanager
+def checking_grid() -> Iterator[None]:
+    """Within the block, NNA modules verify that every linked input lies on its producer's grid
+    (one device sync per module call: for tests and debugging, not for training)."""
+    previous = _checks["grid"]
+    _checks["grid"] = True
+    try:
+        yield
+    finally:
+        _checks["grid"] = previous

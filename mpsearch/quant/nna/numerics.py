@@ -1,0 +1,236 @@
+"""The accelerator's integer arithmetic: numerics spec and the integer primitives.
+
+Every primitive here is written once, with Python operators only (`*`, `+`, `>>`, `<<`, comparisons,
+`.clip`), so the same function runs on numpy int64 arrays (the reference executor) and on torch int64
+tensors (the emulation in training): the two cannot drift apart. This module imports numpy only,
+never torch. Scale arithmetic (`quantize_multipliers`, `build_lut`) is float64 numpy and runs once per
+frozen scale, outside any hot path; its integer results are what the chip (and the export) holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from mpsearch.quant.nna.errors import NNAError
+
+ROUNDINGS = ("half_up", "half_even", "half_away")
+# acc * M must fit int64 with room for a second term and the rounding constant (LSTM gates sum two
+# int32 accumulators): 2 * 2^31 * 2^30 + 2^61 < 2^63.
+MAX_MULTIPLIER_BITS = 30
+MIN_MULTIPLIER_BITS = 8
+
+
+@dataclass(frozen=True)
+class NNANumerics:
+    """How the accelerator computes, as stated by its hardware profile's `numerics:` section.
+
+    activation_bits: signed activation width; every tensor between ops is an integer in
+      [-2^(b-1), 2^(b-1)-1] with one per-tensor scale and zero point 0.
+    accumulator_bits: matmul accumulators saturate to this signed width once, after the sum and the
+      bias (int8 x int8 partial sums cannot overflow 32 bits below 2^16 terms, so only the bias add
+      can reach the limit).
+    multiplier_bits: requantisation multipliers M are unsigned integers below 2^multiplier_bits;
+      out = saturate(round(acc * M / 2^shift)).
+    rounding: how the right shift rounds: half_up (ties toward +inf, `(x + 2^(s-1)) >> s`),
+      half_even (ties to even) or half_away (ties away from zero).
+    cell_state_bits: signed width of the LSTM cell state.
+    lut_bits: signed width of lookup-table entries (sigmoid, tanh); tables have 2^activation_bits
+      entries indexed by the input code.
+    """
+
+    activation_bits: int = 8
+    accumulator_bits: int = 32
+    multiplier_bits: int = 15
+    rounding: str = "half_up"
+    cell_state_bits: int = 16
+    lut_bits: int = 8
+
+    def __post_init__(self) -> None:
+        _check_int("activation_bits", self.activation_bits, 2, 8)
+        _check_int("accumulator_bits", self.accumulator_bits, 16, 32)
+        _check_int("multiplier_bits", self.multiplier_bits, MIN_MULTIPLIER_BITS, MAX_MULTIPLIER_BITS)
+        _check_int("cell_state_bits", self.cell_state_bits, self.activation_bits, 16)
+        _check_int("lut_bits", self.lut_bits, 2, 8)
+        if self.rounding not in ROUNDINGS:
+            raise NNAError(f"The numerics 'rounding' must be one of {', '.join(ROUNDINGS)}; "
+                           f"got {self.rounding!r}.")
+
+    @property
+    def act_range(self) -> tuple[int, int]:
+        return signed_range(self.activation_bits)
+
+    @property
+    def acc_range(self) -> tuple[int, int]:
+        return signed_range(self.accumulator_bits)
+
+    @property
+    def cell_range(self) -> tuple[int, int]:
+        return signed_range(self.cell_state_bits)
+
+    @property
+    def lut_range(self) -> tuple[int, int]:
+        return signed_range(self.lut_bits)
+
+    @property
+    def unit_scale(self) -> float:
+        """Scale of LUT outputs in [-1, 1] (sigmoid, tanh): 1 / (2^(lut_bits-1) - 1), so 1.0 is exact."""
+        return 1.0 / self.lut_range[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> NNANumerics:
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise NNAError(f"The NNA 'numerics' must be a mapping; got {data!r}.")
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise NNAError(f"Unknown numerics key(s) {unknown}; valid keys: {', '.join(valid)}.")
+        return cls(**data)
+
+    @classmethod
+    def from_profile(cls, profile: Any) -> NNANumerics:
+        """From a HardwareProfile (its `numerics` field) or a profile mapping (its 'numerics' key).
+
+        A profile without a numerics section gets the defaults. Duck-typed: quant never imports hardware.
+        """
+        if isinstance(profile, Mapping):
+            return cls.from_dict(profile.get("numerics"))
+        if not hasattr(profile, "numerics"):
+            raise NNAError(f"Expected a hardware profile or a profile mapping; got {type(profile).__name__}.")
+        return cls.from_dict(profile.numerics)
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise NNAError(f"The numerics '{name}' must be an integer in [{lo}, {hi}]; got {value!r}.")
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    """[-2^(b-1), 2^(b-1) - 1]: the full two's-complement range the chip saturates to."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def rounding_shift(x, shift, rounding: str):
+    """x / 2^shift rounded to an integer as `rounding` says; x and shift are integer arrays (shift >= 0).
+
+    Operators only, so x may be a numpy or a torch int64 array; `>>` is an arithmetic (floor) shift
+    in both.
+    """
+    one = shift * 0 + 1
+    half = (one << shift) >> 1  # 2^(shift-1), and 0 for shift 0 (nothing to round)
+    if rounding == "half_up":
+        return (x + half) >> shift
+    if rounding == "half_even":
+        floor = x >> shift
+        rest = x - (floor << shift)
+        up = (rest > half) | ((rest == half) & (half > 0) & ((floor & 1) == 1))
+        return floor + up * 1
+    if rounding == "half_away":
+        magnitude = (abs(x) + half) >> shift
+        return magnitude - ((x < 0) * 2) * magnitude
+    raise NNAError(f"Unknown rounding '{rounding}'; valid choices: {', '.join(ROUNDINGS)}.")
+
+
+def saturate(x, bounds: tuple[int, int]):
+    """Clamp an integer array to [lo, hi] (the chip saturates; it never wraps)."""
+    return x.clip(bounds[0], bounds[1])
+
+
+def requantize(acc, multiplier, shift, rounding: str, bounds: tuple[int, int]):
+    """saturate(round(acc * M / 2^shift)): the chip's requantisation of one accumulator."""
+    return saturate(rounding_shift(acc * multiplier, shift, rounding), bounds)
+
+
+def requantize_sum(terms, multipliers, shift, rounding: str, bounds: tuple[int, int]):
+    """saturate(round(sum_i terms_i * M_i / 2^shift)), one rounding for the whole sum.
+
+    The chip's way to add tensors of different scales (a saturating add, the LSTM's input and
+    recurrent accumulators, the cell update f*c + i*g): each term is brought to a common fixed-point
+    scale by its own multiplier and the sum is shifted once.
+    """
+    total = terms[0] * multipliers[0]
+    for term, multiplier in zip(terms[1:], multipliers[1:]):
+        total = total + term * multiplier
+    return saturate(rounding_shift(total, shift, rounding), bounds)
+
+
+def quantize_multipliers(real_scales, multiplier_bits: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Integer multipliers M_i and one right shift per element with M_i / 2^shift ~ real_scales[i].
+
+    `real_scales` is a sequence of same-shaped float arrays (one per term of `requantize_sum`). The
+    largest M of each element lies in [2^(b-1), 2^b) with b = multiplier_bits, so it keeps b
+    significant bits; the others share its shift. Computed in float64 numpy, deterministically.
+    Ratios of 2^b or more get M = 2^b - 1 and shift 0: any such ratio maps every nonzero
+    accumulator past the int8 range, so the saturated output is the same as with the exact ratio.
+    Ratios too small to survive a 62-bit shift get M = 0 (the output rounds to 0 anyway).
+    """
+    reals = [np.asarray(r, dtype=np.float64) for r in real_scales]
+    shape = np.broadcast_shapes(*(r.shape for r in reals))
+    reals = [np.broadcast_to(r, shape) for r in reals]
+    if any((r < 0).any() or not np.isfinite(r).all() for r in reals):
+        raise NNAError("Requantisation scales must be finite and non-negative; recalibrate the model.")
+    largest = np.maximum.reduce(reals) if len(reals) > 1 else reals[0]
+    _, exponent = np.frexp(largest)  # largest = m * 2^exponent, m in [0.5, 1)
+    shift = multiplier_bits - exponent.astype(np.int64)
+    too_large = shift < 0
+    too_small = (shift > 62) | (largest == 0)
+    shift = np.clip(shift, 0, 62)
+    limit = (1 << multiplier_bits) - 1
+
+    def scaled(r: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        value = np.where(too_large, np.minimum(r, limit), np.ldexp(r, shift))  # 2^shift scales exactly
+        return np.rint(np.where(too_small, 0.0, value)).astype(np.int64)
+
+    multipliers = [scaled(r, shift) for r in reals]
+    # rint may round the largest M up to 2^b: one bit less of shift keeps it in range.
+    overflow = np.maximum.reduce(multipliers) > limit
+    if overflow.any():
+        shift = np.where(overflow, shift - 1, shift)
+        multipliers = [scaled(r, shift) for r in reals]
+    shift = np.where(too_small, 0, shift).astype(np.int64)
+    return [np.asarray(m, dtype=np.int64) for m in multipliers], np.asarray(shift, dtype=np.int64)
+
+
+def quantize_multiplier(real_scale, multiplier_bits: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """(M, shift) with M / 2^shift ~ real_scale, M in [2^(b-1), 2^b) for b = multiplier_bits."""
+    (multiplier,), shift = quantize_multipliers([real_scale], multiplier_bits)
+    return multiplier, shift
+
+
+def lut_inputs(bits: int) -> np.ndarray:
+    """Every input code of a `bits`-wide table, in index order: entry i is for code i - 2^(bits-1)."""
+    lo, hi = signed_range(bits)
+    return np.arange(lo, hi + 1, dtype=np.int64)
+
+
+def build_lut(fn: Callable[[np.ndarray], np.ndarray], in_scale: float, out_scale: float,
+              in_bits: int = 8, out_bits: int = 8) -> np.ndarray:
+    """The 2^in_bits-entry table of round(fn(code * in_scale) / out_scale), saturated to out_bits.
+
+    float64 numpy with ties to even (np.rint), so a table depends only on its two scales; the chip
+    (and the emulation) index it by input code + 2^(in_bits-1).
+    """
+    x = lut_inputs(in_bits).astype(np.float64) * np.float64(in_scale)
+    y = np.rint(fn(x) / np.float64(out_scale))
+    lo, hi = signed_range(out_bits)
+    return np.clip(y, lo, hi).astype(np.int64)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function in float64, stable for large |x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+LUT_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"sigmoid": sigmoid, "tanh": np.tanh}
+# Inputs beyond these already give the extreme int8 output (127 * sigmoid(5.6) > 126.5,
+# 127 * tanh(3.2) > 126.5), so a LUT's input range is capped there: more resolution, nothing lost.
+LUT_INPUT_CAPS: dict[str, float] = {"sigmoid": 8.0, "tanh": 4.0}
