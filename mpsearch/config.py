@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mpsearch.errors import ConfigError
 
@@ -77,12 +77,45 @@ class TrainConfig(Section):
     seed: int = 0
 
 
+class SensitivityConfig(Section):
+    """Per-site Hessian traces (mpsearch.sensitivity) and the HAWQ-V2 Omega table built from them."""
+
+    backend: Literal["hutchinson", "pyhessian"] = "hutchinson"
+    batches: int = Field(2, ge=1, description="train batches the Hessian is averaged over")
+    max_batch_frames: Optional[int] = Field(
+        None, ge=100, description="frames per sensitivity batch; None: the data section's max_batch_frames")
+    tol: float = Field(0.05, gt=0, lt=1,
+                       description="stop when every site's relative standard error is below this")
+    min_probes: int = Field(8, ge=2, description="Rademacher probes drawn before the tolerance is checked")
+    max_probes: int = Field(200, ge=2, description="probe budget (each probe is one Hessian-vector product "
+                                                   "per batch)")
+    seed: int = 0
+    methods: tuple[str, ...] = Field(("uniform",), min_length=1,
+                                     description="quantization methods whose Omega is tabulated")
+    bits: tuple[int, ...] = Field((2, 3, 4, 5, 6, 8), min_length=1, description="candidate weight bit widths")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_in_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [b for b in value if not 2 <= b <= 8]
+        if bad:
+            raise ValueError(f"must hold bit widths in [2, 8] (found {bad})")
+        return tuple(sorted(set(value)))
+
+    @model_validator(mode="after")
+    def _probe_budget_covers_minimum(self) -> "SensitivityConfig":
+        if self.max_probes < self.min_probes:
+            raise ValueError(f"max_probes ({self.max_probes}) must be at least min_probes ({self.min_probes})")
+        return self
+
+
 class StudyConfig(Section):
     name: str
     output_dir: Optional[str] = None
     data: DataConfig = DataConfig()
     model: ModelConfig
     train: TrainConfig = TrainConfig()
+    sensitivity: SensitivityConfig = SensitivityConfig()
 
     @field_validator("name")
     @classmethod

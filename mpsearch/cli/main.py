@@ -10,14 +10,14 @@ from mpsearch import __version__
 from mpsearch.errors import MpsearchError
 
 # Each module adds its subcommand(s) with `add_parser(subparsers)` and sets `func` on them.
-_COMMAND_MODULES = ["mpsearch.cli.data", "mpsearch.cli.train", "mpsearch.cli.hardware"]
+_COMMAND_MODULES = ["mpsearch.cli.data", "mpsearch.cli.train", "mpsearch.cli.hardware", "mpsearch.cli.sensitivity"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpsearch",
         description="Search per-layer bit widths and sparsity for on-device speech models.",
-        epilog="Start with:  mpsearch search studies/quickstart.yaml   (see README.md)",
+        epilog="Start with:  mpsearch train studies/quickstart.yaml   (see README.md)",
     )
     parser.add_argument("--version", action="version", version=f"mpsearch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from mpsearch.config import Section
 from mpsearch.eval.decoding import ctc_greedy
+from mpsearch.models.ctc_loss import ctc_loss as pure_ctc_loss
 from mpsearch.models.rnnt import (
     BLANK,
     ConvSubsampling,
@@ -46,6 +47,9 @@ class ConformerConfig(Section):
     pred_hidden: int = Field(128, ge=1)
     pred_layers: int = Field(1, ge=1)
     joint_dim: int = Field(128, ge=1)
+    ctc_impl: Literal["torch", "pure"] = Field(
+        "torch", description="CTC loss kernel: torch's (fast) or pure PyTorch (twice differentiable, "
+                             "for Hessian-based sensitivity)")
 
     @field_validator("conv_kernel")
     @classmethod
@@ -243,8 +247,9 @@ class Conformer(nn.Module):
         log_probs = self.ctc_head(enc).float().log_softmax(dim=-1)
         valid = torch.arange(targets.shape[1], device=targets.device)[None, :] < target_lens[:, None]
         targets = torch.where(valid, targets, BLANK)  # padding may be -1
-        losses = nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, enc_lens, target_lens,
-                                        blank=BLANK, reduction="none", zero_infinity=True)
+        ctc = pure_ctc_loss if self.config.ctc_impl == "pure" else nn.functional.ctc_loss
+        losses = ctc(log_probs.transpose(0, 1), targets, enc_lens, target_lens, blank=BLANK, reduction="none",
+                     zero_infinity=True)
         return losses.mean()
 
     def greedy_decode(self, feats: Tensor, feat_lens: Tensor,

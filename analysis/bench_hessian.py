@@ -1,0 +1,152 @@
+"""Hessian trace on the quickstart RNN-T: our Hutchinson estimator vs PyHessian's trace loop, same probes.
+
+Both estimate the trace of the Hessian with respect to the site weights (PyHessian is restricted to
+them by requires_grad) on one batch, with the same number of Rademacher probes and the first-order
+graph reused across probes. Ours also yields every site's trace from the same probes. PyHessian runs
+twice: with torch's default (oneDNN) kernels, as a user would run it, and with the native kernels our
+estimator selects, which separates the kernel choice from the estimator itself.
+
+    python analysis/bench_hessian.py [--probes 30 --threads 1]
+        [--model runs/quickstart/baseline/model.pt] [--features runs/quickstart/features/train-*.pt]
+
+Without a trained model the RNN-T is randomly initialised; without cached train features the batch is
+random with the shape of a quickstart batch (max_batch_frames 12000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from mpsearch.config import FeatureConfig, SensitivityConfig
+from mpsearch.data.pipeline import FeatureSet
+from mpsearch.data.tokenizer import CharTokenizer
+from mpsearch.models import RNNT, RNNTConfig
+from mpsearch.sensitivity.hutchinson import estimate_traces
+from mpsearch.sensitivity.pyhessian_backend import pyhessian_total_trace
+
+
+def load_model(path: str | None) -> tuple[RNNT, str]:
+    model = RNNT(RNNTConfig(n_mels=80, vocab_size=CharTokenizer().vocab_size))
+    if path and Path(path).is_file():
+        model.load_state_dict(torch.load(path))
+        return model, f"trained weights from {path}"
+    return model, "random initialisation (no trained model found)"
+
+
+def load_batch(features: str | None, max_batch_frames: int, seed: int):
+    if features and Path(features).is_file():
+        stored = torch.load(features)
+        feats = list(torch.split(stored["feats"], stored["frames"]))
+        split = FeatureSet(feats, stored["texts"], CharTokenizer(), FeatureConfig())
+        batch = next(iter(split.batches(max_batch_frames, shuffle=True, seed=seed)))
+        tensors = (batch.feats, batch.feat_lens, batch.targets, batch.target_lens)
+        return tensors, f"a train batch of {features}"
+    gen = torch.Generator().manual_seed(seed)
+    size, frames, labels = 40, 300, 40  # ~3 s commands, 40 of them fill 12000 frames
+    feat_lens = torch.randint(frames // 2, frames + 1, (size,), generator=gen)
+    feat_lens[0] = frames
+    target_lens = torch.randint(labels // 2, labels + 1, (size,), generator=gen)
+    target_lens[0] = labels
+    batch = (torch.randn(size, frames, 80, generator=gen), feat_lens,
+             torch.randint(1, CharTokenizer().vocab_size, (size, labels), generator=gen), target_lens)
+    return batch, "a random batch of quickstart shape (no cached features found)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probes", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="runs/quickstart/baseline/model.pt")
+    cached = sorted(glob.glob("runs/quickstart/features/train-*.pt"))
+    parser.add_argument("--features", default=cached[0] if cached else None)
+    parser.add_argument("--max-batch-frames", type=int, default=12000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-site-probes", type=int, default=8,
+                        help="probes of each per-site PyHessian run (HAWQ-V2's way); 0 skips them")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model, model_note = load_model(args.model)
+    batch, batch_note = load_batch(args.features, args.max_batch_frames, args.seed)
+    feats, feat_lens, _, target_lens = batch
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: RNN-T default config, {n_params:,} parameters, {model_note}")
+    print(f"batch: {batch_note}: {feats.shape[0]} utterances, {feats.shape[1]} frames max "
+          f"({int(feat_lens.sum())} valid), {int(target_lens.max())} labels max")
+    print(f"probes: {args.probes} each, {args.threads} thread(s), torch {torch.__version__}")
+
+    def ours(probes: int):
+        # tol out of reach: every site is probed every time, so both estimators do the same HVPs
+        cfg = SensitivityConfig(batches=1, min_probes=probes, max_probes=probes, tol=1e-9, seed=args.seed)
+        estimate = estimate_traces(model, [batch], cfg)
+        return estimate, sum(estimate.traces), estimate.total_stderr
+
+    def pyhessian(probes: int, native: bool):
+        trace, error, done = pyhessian_total_trace(model, [batch], max_probes=probes, tol=-math.inf,
+                                                   seed=args.seed, native_rnn=native)
+        assert done == probes
+        return None, trace, error
+
+    runs = [("ours (hutchinson, per-site)", ours),
+            ("PyHessian trace, torch defaults", lambda probes: pyhessian(probes, False)),
+            ("PyHessian trace, native kernels", lambda probes: pyhessian(probes, True))]
+    for _, run in runs:  # warm-up: first calls allocate and initialise; not timed
+        run(2)
+    rows = []
+    for label, run in runs:
+        start = time.perf_counter()
+        estimate, trace, error = run(args.probes)
+        rows.append((label, time.perf_counter() - start, trace, error))
+        if estimate is not None:
+            per_site = estimate
+
+    print()
+    print(f"{'estimator':34s} {'seconds':>8s} {'s/probe':>8s} {'trace':>12s} {'± stderr':>10s}")
+    for label, seconds, trace, error in rows:
+        print(f"{label:34s} {seconds:8.2f} {seconds / args.probes:8.3f} {trace:12.4g} {error:10.3g}")
+    ours_s = rows[0][1]
+    print()
+    print(f"speed-up vs PyHessian (torch defaults): {rows[1][1] / ours_s:.2f}x; "
+          f"vs PyHessian (native kernels): {rows[2][1] / ours_s:.2f}x")
+    print(f"error ratio ours / PyHessian (defaults): {rows[0][3] / rows[1][3]:.2f} "
+          "(same estimator of the same trace: ~1 expected)")
+    rel = sorted((e / abs(t) if t else math.inf, s.name)
+                 for t, e, s in zip(per_site.traces, per_site.stderrs, per_site.sites))
+    print(f"per-site relative errors after {args.probes} probes: best {rel[0][0]:.1%} ({rel[0][1]}), "
+          f"median {rel[len(rel) // 2][0]:.1%}, worst {rel[-1][0]:.1%} ({rel[-1][1]})")
+
+    if args.per_site_probes:
+        per_site_comparison(model, batch, per_site, rows[0][1], args)
+
+
+def per_site_comparison(model, batch, ours, ours_seconds: float, args) -> None:
+    """PyHessian per site (each site's weights probed alone), and the time it would need to reach the
+    standard error our joint probes reached on every site, from its own per-probe variance."""
+    k = args.per_site_probes
+    print()
+    print(f"PyHessian per site, {k} probes each (HAWQ-V2's way: one run per site):")
+    print(f"{'site':30s} {'ours trace':>11s} {'± se':>9s} {'PyH trace':>11s} {'± se':>9s} {'s/probe':>8s} "
+          f"{'s to match':>10s}")
+    needed = 0.0
+    for site, trace, error in zip(ours.sites, ours.traces, ours.stderrs):
+        start = time.perf_counter()
+        theirs, their_error, _ = pyhessian_total_trace(model, [batch], sites=[site], max_probes=k,
+                                                       tol=-math.inf, seed=args.seed)
+        per_probe = (time.perf_counter() - start) / k
+        # probes PyHessian needs for our standard error: its per-probe variance over ours
+        match = per_probe * k * (their_error / error) ** 2 if error > 0 else math.inf
+        needed += match
+        print(f"{site.name:30s} {trace:11.4g} {error:9.2g} {theirs:11.4g} {their_error:9.2g} {per_probe:8.3f} "
+              f"{match:10.1f}")
+    print(f"PyHessian per site needs ~{needed:.1f} s to match our per-site errors, which took us "
+          f"{ours_seconds:.1f} s: {needed / ours_seconds:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
