@@ -109,12 +109,18 @@ class SensitivityConfig(Section):
         return self
 
 
+class HardwareConfig(Section):
+    profile: str = Field("nna-int8", description="a shipped profile name or a path to a profile YAML")
+    workload: dict[str, Any] = Field(default_factory=dict, description="hardware.Workload fields: one utterance")
+
+
 class StudyConfig(Section):
     name: str
     output_dir: Optional[str] = None
     data: DataConfig = DataConfig()
     model: ModelConfig
     train: TrainConfig = TrainConfig()
+    hardware: HardwareConfig = HardwareConfig()
     sensitivity: SensitivityConfig = SensitivityConfig()
 
     @field_validator("name")

@@ -69,6 +69,18 @@ class Study:
         return SpeechTask(model, self.data, self.cfg.data.max_batch_frames,
                           augment=augment and self.cfg.data.features.specaugment is not None)
 
+    def sites(self):
+        from mpsearch.quant import find_sites
+
+        return find_sites(self.new_model())
+
+    def latency_model(self):
+        """The study's hardware profile and workload as a RooflineLatencyModel."""
+        from mpsearch.hardware import RooflineLatencyModel, Workload, load_profile
+
+        workload = Workload.from_dict(self.cfg.hardware.workload, source="hardware.workload")
+        return RooflineLatencyModel(load_profile(self.cfg.hardware.profile), workload)
+
     @property
     def baseline_dir(self) -> Path:
         return self.dir / "baseline"

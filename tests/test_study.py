@@ -63,3 +63,22 @@ def test_missing_manifest_is_a_one_line_error(tmp_path, capsys):
     assert main(["train", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "nope.jsonl" in err and "\n" not in err
+
+
+def test_latency_command_prints_every_site_and_rejects_unknown_sites(tiny_study, tmp_path, capsys):
+    from mpsearch.quant import Policy, QuantConfig
+
+    assert main(["latency", str(tiny_study)]) == 0
+    out = capsys.readouterr().out
+    assert "joiner.out" in out and "encoder.lstm.weight_hh_l0" in out and "latency" in out
+
+    four_bit = tmp_path / "four.json"
+    Policy.uniform(QuantConfig(weight_bits=4)).save(four_bit)
+    assert main(["latency", str(tiny_study), "--policy", str(four_bit)]) == 0
+    assert "average weight bits 4.00" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.json"
+    Policy({"encoder.nonexistent": QuantConfig()}).save(bad)
+    assert main(["latency", str(tiny_study), "--policy", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown site 'encoder.nonexistent'" in err and "valid sites:" in err

@@ -10,7 +10,13 @@ from mpsearch import __version__
 from mpsearch.errors import MpsearchError
 
 # Each module adds its subcommand(s) with `add_parser(subparsers)` and sets `func` on them.
-_COMMAND_MODULES = ["mpsearch.cli.data", "mpsearch.cli.train", "mpsearch.cli.hardware", "mpsearch.cli.sensitivity"]
+_COMMAND_MODULES = [
+    "mpsearch.cli.data",
+    "mpsearch.cli.train",
+    "mpsearch.cli.sensitivity",
+    "mpsearch.cli.latency",
+    "mpsearch.cli.hardware",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
