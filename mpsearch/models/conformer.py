@@ -2,7 +2,10 @@
 
 Attention is written out with separate q, k, v and output Linears (not nn.MultiheadAttention) so
 that each projection is its own quantisation site. Positions enter through rotary embeddings, which
-are relative and need no parameters.
+are relative and need no parameters. Arithmetic between layers (residual adds, attention's matmuls,
+softmax, rotary positions, masking) is written with the op modules of mpsearch.models.ops, so that
+integer emulation can replace each op from outside; in float they compute exactly the inline
+expressions.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import Tensor, nn
 from mpsearch.config import Section
 from mpsearch.eval.decoding import ctc_greedy
 from mpsearch.models.ctc_loss import ctc_loss as pure_ctc_loss
+from mpsearch.models.ops import Add, Mask, MatMul, Rotary, Softmax
 from mpsearch.models.rnnt import (
     BLANK,
     ConvSubsampling,
@@ -66,16 +70,6 @@ class ConformerConfig(Section):
         return self
 
 
-def rotate_positions(x: Tensor) -> Tensor:
-    """Rotary position embedding of (B, H, T, D) queries or keys, D even."""
-    _, _, frames, dim = x.shape
-    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
-    angles = torch.arange(frames, device=x.device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    even, odd = x[..., 0::2], x[..., 1::2]
-    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
-
-
 class MultiHeadSelfAttention(nn.Module):
     """Self-attention with separate q, k, v, o Linears and rotary positions; mask True = may attend.
 
@@ -90,7 +84,12 @@ class MultiHeadSelfAttention(nn.Module):
         self.k = nn.Linear(d_model, d_model)
         self.v = nn.Linear(d_model, d_model)
         self.o = nn.Linear(d_model, d_model)
+        self.rotary_q = Rotary()
+        self.rotary_k = Rotary()
+        self.scores = MatMul(divisor=math.sqrt(d_model // n_heads))
+        self.softmax = Softmax(dim=-1)
         self.dropout = nn.Dropout(dropout)
+        self.context = MatMul()
 
     def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
         batch, frames, d_model = x.shape
@@ -99,15 +98,12 @@ class MultiHeadSelfAttention(nn.Module):
             return t.view(batch, frames, self.n_heads, -1).transpose(1, 2)
 
         q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-        q, k = rotate_positions(q), rotate_positions(k)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        scores = self.scores(self.rotary_q(q), self.rotary_k(k).transpose(-2, -1))
         if causal:
             earlier = torch.ones(frames, frames, dtype=torch.bool, device=x.device).tril()
             mask = earlier if mask is None else mask & earlier
-        if mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        weights = self.dropout(scores.softmax(dim=-1))
-        return self.o((weights @ v).transpose(1, 2).reshape(batch, frames, d_model))
+        weights = self.dropout(self.softmax(scores, mask))
+        return self.o(self.context(weights, v).transpose(1, 2).reshape(batch, frames, d_model))
 
 
 class FeedForward(nn.Module):
@@ -128,6 +124,8 @@ class FeedForward(nn.Module):
 class ChannelLayerNorm(nn.LayerNorm):
     """LayerNorm over the channels of a (B, C, T) tensor."""
 
+    normalized_dim: ClassVar[int] = 1  # the dim it normalises (nn.LayerNorm's is the last)
+
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
@@ -140,6 +138,7 @@ class ConvModule(nn.Module):
         self.norm_in = nn.LayerNorm(d_model)
         self.pointwise_in = nn.Conv1d(d_model, 2 * d_model, kernel_size=1)
         self.glu = nn.GLU(dim=1)
+        self.mask = Mask()
         # Causal padding when chunked, so a chunk's output never waits for the next chunk's frames.
         self.padding = (kernel - 1, 0) if causal else ((kernel - 1) // 2, (kernel - 1) // 2)
         self.depthwise = nn.Conv1d(d_model, d_model, kernel_size=kernel, groups=d_model)
@@ -151,7 +150,7 @@ class ConvModule(nn.Module):
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         y = self.glu(self.pointwise_in(self.norm_in(x).transpose(1, 2)))
         # Padded frames are zeroed so a valid frame's window sees what it would see run alone.
-        y = y * valid[:, None, :]
+        y = self.mask(y, valid[:, None, :])
         y = self.depthwise(nn.functional.pad(y, self.padding))
         y = self.pointwise_out(self.activation(self.norm(y)))
         return self.dropout(y.transpose(1, 2))
@@ -164,19 +163,23 @@ class ConformerBlock(nn.Module):
         super().__init__()
         d = config.d_model
         self.ff1 = FeedForward(d, config.ff_mult, config.dropout)
+        self.ff1_residual = Add(beta=0.5)
         self.attn_norm = nn.LayerNorm(d)
         self.attn = MultiHeadSelfAttention(d, config.n_heads, config.dropout)
         self.attn_dropout = nn.Dropout(config.dropout)
+        self.attn_residual = Add()
         self.conv = ConvModule(d, config.conv_kernel, config.conv_norm, config.chunk_size is not None,
                                config.dropout)
+        self.conv_residual = Add()
         self.ff2 = FeedForward(d, config.ff_mult, config.dropout)
+        self.ff2_residual = Add(beta=0.5)
         self.norm = nn.LayerNorm(d)
 
     def forward(self, x: Tensor, attn_mask: Tensor, valid: Tensor) -> Tensor:
-        x = x + 0.5 * self.ff1(x)
-        x = x + self.attn_dropout(self.attn(self.attn_norm(x), attn_mask))
-        x = x + self.conv(x, valid)
-        x = x + 0.5 * self.ff2(x)
+        x = self.ff1_residual(x, self.ff1(x))  # x + 0.5 * ff1(x)
+        x = self.attn_residual(x, self.attn_dropout(self.attn(self.attn_norm(x), attn_mask)))
+        x = self.conv_residual(x, self.conv(x, valid))
+        x = self.ff2_residual(x, self.ff2(x))
         return self.norm(x)
 
 

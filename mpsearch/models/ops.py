@@ -3,23 +3,40 @@ torch.ao's FloatFunctional).
 
 An op written as a module is reachable from outside the model: quantisation or accelerator
 emulation can replace it (recognising it by its `op_name`) without the model importing them. In
-float each behaves exactly as the inline expression.
+float each behaves exactly as the inline expression it stands for, operation for operation, so a
+model's outputs do not change by a bit when it writes the op as a module.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 
 class Add(nn.Module):
-    """a + b (broadcasting)."""
+    """alpha * a + beta * b (broadcasting), with constant alpha and beta; a + b by default.
+
+    A factor of 1 is not multiplied at all, so Add(beta=0.5)(a, b) is `a + 0.5 * b` exactly.
+    """
 
     op_name: ClassVar[str] = "add"
 
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        if self.alpha != 1.0:
+            a = self.alpha * a
+        if self.beta != 1.0:
+            b = self.beta * b
         return a + b
+
+    def extra_repr(self) -> str:
+        return "" if self.alpha == self.beta == 1.0 else f"alpha={self.alpha}, beta={self.beta}"
 
 
 class Mul(nn.Module):
@@ -29,3 +46,75 @@ class Mul(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return a * b
+
+
+class MatMul(nn.Module):
+    """a @ b, then divided by a constant `divisor` when one is given (attention's sqrt(d))."""
+
+    op_name: ClassVar[str] = "matmul"
+
+    def __init__(self, divisor: float | None = None) -> None:
+        super().__init__()
+        self.divisor = None if divisor is None else float(divisor)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        out = a @ b
+        return out if self.divisor is None else out / self.divisor
+
+    def extra_repr(self) -> str:
+        return "" if self.divisor is None else f"divisor={self.divisor}"
+
+
+class Softmax(nn.Module):
+    """Softmax over `dim` where `mask` (boolean, broadcasting; True = keep) allows; masked positions get
+    probability 0. Without a mask, a plain softmax."""
+
+    op_name: ClassVar[str] = "softmax"
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is not None:
+            x = x.masked_fill(~mask, torch.finfo(x.dtype).min)
+        return x.softmax(dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+def rotate_positions(x: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding of (..., T, D) queries or keys, D even: pair (2i, 2i+1) of frame t is
+    rotated by the angle t * base^(-2i/D)."""
+    frames, dim = x.shape[-2:]
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
+    angles = torch.arange(frames, device=x.device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (`rotate_positions`) of (..., T, D) queries or keys."""
+
+    op_name: ClassVar[str] = "rotary"
+
+    def __init__(self, base: float = 10000.0) -> None:
+        super().__init__()
+        self.base = float(base)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rotate_positions(x, self.base)
+
+    def extra_repr(self) -> str:
+        return f"base={self.base}"
+
+
+class Mask(nn.Module):
+    """x * mask for a 0/1 mask (broadcasting): zeroes what the mask marks 0, such as padded frames."""
+
+    op_name: ClassVar[str] = "mask"
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return x * mask

@@ -2,15 +2,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and spinning OpenMP threads stall on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def speech_batch():
     """Three utterances of 8 mel bins, padded with garbage so masking mistakes show."""

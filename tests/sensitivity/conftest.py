@@ -5,15 +5,6 @@ from torch import nn
 from mpsearch.models import RNNT, RNNTConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and spinning OpenMP threads stall on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyMLP(nn.Module):
     """Linear -> tanh -> Linear with a mean squared error loss; forward(x, y) returns the loss."""
 

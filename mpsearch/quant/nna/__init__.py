@@ -6,6 +6,7 @@ reference executor that proves the emulation bit-exact.
     ...QAT: the forward is the chip's integers, the gradients straight-through...
     export_int(model, "model.npz")         # int8 codes, int32 biases, (M, shift), LUTs + JSON header
     RNNTExecutor("model.npz")              # numpy int64 only; must match the emulation bit for bit
+                                           # (ConformerExecutor for a Conformer, CTC or transducer head)
 """
 
 from mpsearch.quant.nna.calibrate import calibrate_nna, nna_modules

@@ -17,10 +17,20 @@ from mpsearch.quant.nna.modules import (
     NNAModule,
     NNAReLU,
     NNASigmoid,
+    NNASiLU,
     NNATanh,
     NNAWeighted,
 )
 from mpsearch.quant.nna.numerics import NNANumerics
+from mpsearch.quant.nna.transformer import (
+    NNAGLU,
+    NNALayerNorm,
+    NNAMask,
+    NNAMatMul,
+    NNAMul,
+    NNARotary,
+    NNASoftmax,
+)
 
 NNA_MODULES: dict[type[nn.Module], type[NNAWeighted]] = {
     nn.Linear: NNALinear,
@@ -29,8 +39,9 @@ NNA_MODULES: dict[type[nn.Module], type[NNAWeighted]] = {
     nn.LSTM: NNALSTM,
 }
 # Float ops (torch modules, or model op modules by their `op_name`) -> integer versions.
-NNA_OPS = {nn.ReLU: NNAReLU, nn.Tanh: NNATanh, nn.Sigmoid: NNASigmoid}
-NNA_NAMED_OPS = {"add": NNAAdd}
+NNA_OPS = {nn.ReLU: NNAReLU, nn.Tanh: NNATanh, nn.Sigmoid: NNASigmoid, nn.SiLU: NNASiLU, nn.GLU: NNAGLU}
+NNA_NAMED_OPS = {"add": NNAAdd, "mul": NNAMul, "matmul": NNAMatMul, "softmax": NNASoftmax, "rotary": NNARotary,
+                 "mask": NNAMask}
 # Leaves that compute nothing once dropout is off.
 PASSIVE = (nn.Identity, nn.Dropout)
 
@@ -49,7 +60,7 @@ def check_site(site_name: str, cfg: QuantConfig | None, numerics: NNANumerics) -
 
 
 def supported_names() -> str:
-    names = [c.__name__ for c in (*NNA_MODULES, *NNA_OPS)] + [f"op '{n}'" for n in NNA_NAMED_OPS]
+    names = [c.__name__ for c in (*NNA_MODULES, *NNA_OPS, nn.LayerNorm)] + [f"op '{n}'" for n in NNA_NAMED_OPS]
     return ", ".join([*names, "Dropout"])
 
 
@@ -89,13 +100,19 @@ def _replacement(name: str, module: nn.Module, per_module: Mapping[str, Mapping[
         return nn.Identity()  # the chip has no dropout; training sees the deployed graph
     for cls, nna_cls in NNA_OPS.items():
         if type(module) is cls:
-            return nna_cls(numerics) if nna_cls is not NNAReLU else NNAReLU()
+            return nna_cls.from_op(module, numerics) if nna_cls is not NNAReLU else NNAReLU()
+    if isinstance(module, nn.LayerNorm):
+        return NNALayerNorm.from_op(module, numerics)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        raise NNAError(f"Module '{name}' ({type(module).__name__}) has no NNA integer version: the chip folds "
+                       "batch norm into the convolution before it, which QAT with batch statistics cannot "
+                       "follow; use a LayerNorm (a Conformer's conv_norm: layer, the default).")
     op_name = getattr(type(module), "op_name", None)
     if op_name is not None:
         if op_name not in NNA_NAMED_OPS:
             raise NNAError(f"Module '{name}' is op '{op_name}', which has no NNA version yet; supported: "
                            f"{supported_names()}.")
-        return NNA_NAMED_OPS[op_name](numerics)
+        return NNA_NAMED_OPS[op_name].from_op(module, numerics)
     if not list(module.children()) and not isinstance(module, PASSIVE):
         raise NNAError(f"Module '{name or '<root>'}' ({type(module).__name__}) has no NNA integer version; "
                        f"supported: {supported_names()}.")

@@ -2,7 +2,8 @@
 
 Arrays are named `<module>.<item>` (LSTM layers `<module>.l<k>.<item>`): int8 weight codes (narrower
 widths still in int8, with their bits in the header), int32 biases at the accumulator scale, int32
-multipliers and int8 shifts of every requantisation, int8 lookup tables. The header (`__header__`, a
+multipliers and int8 shifts of every requantisation, int8 lookup tables; LayerNorm's int16 gamma,
+int32 beta and int64 eps term, softmax's int16 exp table and int64 reciprocal numerator. The header (`__header__`, a
 JSON string) holds `_type`, `_version`, the architecture name and its config (layer sizes), the
 numerics, per module its kind, input links and scales, and per site its bits and packed size in
 bytes (for the latency model's storage count). Scales are informational except the model input's,
@@ -26,11 +27,24 @@ from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.fileformat import EXPORT_TYPE, EXPORT_VERSION, HEADER_KEY
 from mpsearch.quant.nna.lstm import NNALSTM
 from mpsearch.quant.nna.modules import NNAAdd, NNAConv1d, NNAEmbedding, NNALinear, NNALookup, NNAModule
+from mpsearch.quant.nna.transformer import (
+    NNAGLU,
+    NNALayerNorm,
+    NNAMask,
+    NNAMatMul,
+    NNAMul,
+    NNARotary,
+    NNASoftmax,
+)
 
 # Stored dtype of each array item; the chip's widths (values were saturated to them already).
 DTYPES = {"weight": np.int8, "weight_ih": np.int8, "weight_hh": np.int8, "bias": np.int32, "lut": np.int8,
           "gate_luts": np.int8, "cell_lut": np.int8, "shift": np.int8, "gate_shift": np.int8,
-          "cell_shift": np.int8, "cell_tanh_shift": np.int8, "hidden_shift": np.int8}
+          "cell_shift": np.int8, "cell_tanh_shift": np.int8, "hidden_shift": np.int8, "gamma": np.int16,
+          "beta": np.int32, "eps": np.int64, "exp_lut": np.int16, "numerator": np.int64}
+KINDS = ((NNALSTM, "lstm"), (NNALinear, "linear"), (NNAConv1d, "conv1d"), (NNAEmbedding, "embedding"),
+         (NNAAdd, "add"), (NNAMul, "mul"), (NNAMatMul, "matmul"), (NNALayerNorm, "layer_norm"),
+         (NNASoftmax, "softmax"), (NNARotary, "rotary"), (NNAGLU, "glu"), (NNAMask, "mask"))
 
 
 def _array(item: str, value: torch.Tensor) -> np.ndarray:
@@ -38,14 +52,13 @@ def _array(item: str, value: torch.Tensor) -> np.ndarray:
 
 
 def _kind(module: NNAModule) -> str:
-    for cls, kind in ((NNALSTM, "lstm"), (NNALinear, "linear"), (NNAConv1d, "conv1d"),
-                      (NNAEmbedding, "embedding"), (NNAAdd, "add")):
+    for cls, kind in KINDS:
         if isinstance(module, cls):
             return kind
     if isinstance(module, NNALookup):
         return module.function
-    raise NNAError(f"No integer export for {type(module).__name__}; supported: lstm, linear, conv1d, "
-                   "embedding, add, tanh, sigmoid.")
+    raise NNAError(f"No integer export for {type(module).__name__}; supported: "
+                   f"{', '.join(kind for _, kind in KINDS)}, tanh, sigmoid, silu.")
 
 
 def _site(name: str, codes: torch.Tensor, bits: int) -> dict[str, Any]:
@@ -60,7 +73,7 @@ def _export_module(name: str, module: NNAModule, arrays: dict[str, np.ndarray],
     info: dict[str, Any] = {"kind": _kind(module), "inputs": list(module.input_sources),
                             "in_scales": [float(s) for s in module.in_scales],
                             "out_scale": float(module.out_scale)}
-    ignored = ("weight_scale", "weight_ih_scale", "weight_hh_scale", "bits", "bits_ih", "bits_hh")
+    ignored = ("weight_scale", "weight_ih_scale", "weight_hh_scale", "bits", "bits_ih", "bits_hh", "gamma_scale")
     if isinstance(module, NNALSTM):
         info.update(layers=module.num_layers, input_size=module.input_size, hidden_size=module.hidden_size,
                     batch_first=module.batch_first,
@@ -84,11 +97,26 @@ def _export_module(name: str, module: NNAModule, arrays: dict[str, np.ndarray],
         if isinstance(module, NNAConv1d):
             info.update(stride=list(module.stride), padding=list(module.padding),
                         dilation=list(module.dilation), groups=module.groups)
-    elif isinstance(module, NNAAdd):
+    elif isinstance(module, (NNAAdd, NNAMul, NNAMatMul, NNARotary, NNAGLU, NNALayerNorm)):
         p = module.integer_params()
-        arrays[f"{name}.multipliers"] = _array("multipliers", p["multipliers"])
-        arrays[f"{name}.shift"] = _array("shift", p["shift"])
-    else:
+        for item, value in p.items():
+            if item not in ignored:
+                arrays[f"{name}.{item}"] = _array(item, value)
+        if isinstance(module, NNALayerNorm):
+            info.update(dim=module.dim, channels=module.normalized_shape[0],
+                        gamma_scale=float(p["gamma_scale"]))
+        elif isinstance(module, NNAGLU):
+            info.update(dim=module.dim)
+        elif isinstance(module, NNARotary):
+            info.update(base=module.base)
+        elif isinstance(module, NNAAdd):
+            info.update(alpha=module.alpha, beta=module.beta)
+        elif isinstance(module, NNAMatMul):
+            info.update(divisor=module.divisor)
+    elif isinstance(module, NNASoftmax):
+        arrays[f"{name}.exp_lut"] = _array("exp_lut", module.exp_lut)
+        arrays[f"{name}.numerator"] = _array("numerator", torch.tensor(module.numerator))
+    elif isinstance(module, NNALookup):
         arrays[f"{name}.lut"] = _array("lut", module.lut)
     return info
 

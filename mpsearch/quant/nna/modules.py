@@ -229,7 +229,7 @@ class NNAWeighted(NNAModule, QuantModule):
         """(int8 codes, per-output-channel float32 scale of shape (out,), bits) of weight `param`."""
         weight = getattr(self, param)
         quantizer = self.weight_quantizers[param]
-        codes, scale, _ = quantizer.quantize_int(weight)
+        codes, scale, _ = self.quantize_int(param)  # QuantModule.quantize_int: pruned weights at code 0
         return codes, scale.reshape(-1).expand(weight.shape[0]).to(torch.float32), quantizer.bits
 
 
@@ -292,23 +292,31 @@ class NNAConv1d(_Affine, nn.Conv1d):
         if getattr(module, "padding_mode", "zeros") != "zeros":
             raise NNAError(f"NNA emulation pads with zero codes only; got padding_mode "
                            f"'{module.padding_mode}'. Pad in the model or keep padding_mode 'zeros'.")
-        if getattr(module, "groups", 1) != 1 or isinstance(getattr(module, "padding", 0), str):
-            raise NNAError("NNA emulation runs Conv1d with groups 1 and integer padding; got groups "
-                           f"{module.groups}, padding {module.padding!r}: use groups=1 and a number.")
+        if isinstance(getattr(module, "padding", 0), str):
+            raise NNAError(f"NNA emulation runs Conv1d with integer padding; got padding {module.padding!r}: "
+                           "give the padding as a number.")
         return super().from_float(module, configs, numerics)
 
     def float_op(self, x: Tensor, weight: Tensor) -> Tensor:
         return self._conv_forward(x, weight, self.bias)
 
     def integer_op(self, codes: Tensor, weight_codes: Tensor) -> Tensor:
-        # As one matmul over unfolded windows, so exactness rests on the float64 GEMM alone (a
+        # As matmuls over unfolded windows, so exactness rests on the float64 GEMM alone (a
         # convolution backend may pick FFT or Winograd algorithms, which round).
         (stride,), (padding,), (dilation,) = self.stride, self.padding, self.dilation
         kernel = weight_codes.shape[-1]
         x = F.pad(codes, (padding, padding)) if padding else codes
         windows = x.unfold(-1, dilation * (kernel - 1) + 1, stride)[..., ::dilation]  # (..., C, L, k)
-        out = integer_matmul(windows.transpose(-3, -2).flatten(-2), weight_codes.flatten(1))  # (..., L, O)
-        return out.transpose(-1, -2)
+        if self.groups == 1:
+            out = integer_matmul(windows.transpose(-3, -2).flatten(-2), weight_codes.flatten(1))  # (..., L, O)
+            return out.transpose(-1, -2)
+        # Group g's outputs read only group g's input channels: one (L, C/G * k) @ (C/G * k, O/G) per group.
+        groups, (channels, length) = self.groups, windows.shape[-3:-1]
+        grouped = windows.reshape(*windows.shape[:-3], groups, channels // groups, length, kernel)
+        grouped = grouped.transpose(-3, -2).flatten(-2).to(torch.float64)  # (..., G, L, C/G * k)
+        weights = weight_codes.reshape(groups, -1, weight_codes.shape[1] * kernel).to(torch.float64)
+        out = torch.matmul(grouped, weights.transpose(-1, -2)).to(torch.int64)  # (..., G, L, O/G)
+        return out.transpose(-1, -2).flatten(-3, -2)
 
 
 class NNAEmbedding(NNAWeighted, nn.Embedding):
@@ -360,58 +368,99 @@ class NNAOp(NNAModule, nn.Module):
         super().__init__()
         self.init_nna(numerics or NNANumerics())
 
+    @classmethod
+    def from_op(cls, module: nn.Module, numerics: NNANumerics | None = None) -> NNAOp:
+        """The NNA version of float op `module`, taking over its constants (factors, dims)."""
+        return cls(numerics)
+
 
 class NNAAdd(NNAOp):
-    """Saturating add of two int8 tensors of different scales: one shared shift, one rounding."""
+    """Saturating add alpha * a + beta * b of two int8 tensors of different scales: the constant factors
+    fold into the two multipliers, which share one shift and one rounding."""
 
     op_name: ClassVar[str] = "add"
     input_ports = 2
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    @classmethod
+    def from_op(cls, module: nn.Module, numerics: NNANumerics | None = None) -> NNAAdd:
+        new = cls(numerics)
+        new.alpha, new.beta = float(getattr(module, "alpha", 1.0)), float(getattr(module, "beta", 1.0))
+        if new.alpha < 0 or new.beta < 0:
+            raise NNAError(f"The NNA add takes non-negative factors (its multipliers are unsigned); got alpha "
+                           f"{new.alpha}, beta {new.beta}: negate the operand in a layer before it instead.")
+        return new
 
     def integer_params(self) -> dict[str, Tensor]:
         out = self.out_scale.double()
-        (m_a, m_b), shift = multipliers([self.in_scales[0].double() / out, self.in_scales[1].double() / out],
+        (m_a, m_b), shift = multipliers([self.alpha * self.in_scales[0].double() / out,
+                                         self.beta * self.in_scales[1].double() / out],
                                         self.numerics, self.out_scale.device)
         return {"multipliers": torch.stack([m_a, m_b]), "shift": shift}
+
+    def float_op(self, a: Tensor, b: Tensor) -> Tensor:
+        if self.alpha != 1.0:
+            a = self.alpha * a
+        if self.beta != 1.0:
+            b = self.beta * b
+        return a + b
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         if self.check_ready():
             self.see_input(0, a)
             self.see_input(1, b)
-            out = a + b
+            out = self.float_op(a, b)
             self.see_output(out)
             return out
         p = self.integer_params()
         with torch.no_grad():
             codes = requantize_sum([self.input_codes(a, 0), self.input_codes(b, 1)], list(p["multipliers"]),
                                    p["shift"], self.numerics.rounding, self.numerics.act_range)
-        return self.emit(codes, self.out_scale, a + b if _grad_wanted() else None)
+        return self.emit(codes, self.out_scale, self.float_op(a, b) if _grad_wanted() else None)
+
+    def extra_repr(self) -> str:
+        return "" if self.alpha == self.beta == 1.0 else f"alpha={self.alpha}, beta={self.beta}"
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "alpha": self.alpha, "beta": self.beta}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.alpha, self.beta = state.get("alpha", 1.0), state.get("beta", 1.0)
+        super().set_extra_state(state)
 
 
 class NNALookup(NNAOp):
-    """A non-linearity by a 2^activation_bits-entry table indexed by the input code; output scale 1/127."""
+    """A non-linearity by a 2^activation_bits-entry table indexed by the input code.
+
+    A bounded function (sigmoid, tanh) has output scale 1/127; an unbounded one (SiLU) the calibrated
+    range of its output, and its table saturates beyond it.
+    """
 
     function: ClassVar[str]
+    bounded: ClassVar[bool] = True
 
     def __init__(self, numerics: NNANumerics | None = None) -> None:
         super().__init__(numerics)
         self.register_buffer("lut", torch.zeros(1 << self.numerics.activation_bits, dtype=torch.int64))
 
     def output_scale(self, uses: list[Any]) -> float:
-        return self.numerics.unit_scale
+        return self.numerics.unit_scale if self.bounded else super().output_scale(uses)
 
     def prepare(self) -> None:
-        table = build_lut(LUT_FUNCTIONS[self.function], float(self.in_scales[0]), self.numerics.unit_scale,
+        out_scale = self.numerics.unit_scale if self.bounded else float(self.out_scale)
+        table = build_lut(LUT_FUNCTIONS[self.function], float(self.in_scales[0]), out_scale,
                           self.numerics.activation_bits, self.numerics.lut_bits)
         self.lut = torch.from_numpy(table).to(self.in_scales.device)
 
     def float_fn(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(x) if self.function == "sigmoid" else torch.tanh(x)
+        return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu}[self.function](x)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.check_ready():
             self.see_input(0, x)
             out = self.float_fn(x)
-            self.see_output(out, observe=False)
+            self.see_output(out, observe=not self.bounded)
             return out
         with torch.no_grad():
             codes = self.lut[self.input_codes(x) - self.numerics.act_range[0]]
@@ -426,6 +475,13 @@ class NNATanh(NNALookup):
 class NNASigmoid(NNALookup):
     function = "sigmoid"
     input_cap = LUT_INPUT_CAPS["sigmoid"]
+
+
+class NNASiLU(NNALookup):
+    """x * sigmoid(x) (SiLU, Swish) as one table at the calibrated output scale."""
+
+    function = "silu"
+    bounded = False
 
 
 class NNAReLU(nn.ReLU):

@@ -234,3 +234,148 @@ LUT_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"sigmoid": sigmo
 # Inputs beyond these already give the extreme int8 output (127 * sigmoid(5.6) > 126.5,
 # 127 * tanh(3.2) > 126.5), so a LUT's input range is capped there: more resolution, nothing lost.
 LUT_INPUT_CAPS: dict[str, float] = {"sigmoid": 8.0, "tanh": 4.0}
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x) (SiLU, Swish) in float64."""
+    return x * sigmoid(x)
+
+
+LUT_FUNCTIONS["silu"] = silu
+
+
+# --- transformer and Conformer kernels ---------------------------------------------------------
+# Like the primitives above, each kernel is written once with operators and the reductions
+# `sum(axis=, keepdims=)` (which numpy arrays and torch tensors both accept), so the emulation (torch
+# int64) and the reference executor (numpy int64) run the same integer algorithm.
+
+# LayerNorm: the normalised value (x - mean) / std is held as int16 with this many fractional bits
+# (Q5.10: |value| <= sqrt(channels - 1) stays below 32 up to 1024 channels) ...
+NORM_FRAC_BITS = 10
+NORM_RANGE = signed_range(16)
+# ... gamma as int16 codes with one per-tensor scale, beta as int32 at gamma's scale * 2^-NORM_FRAC_BITS.
+NORM_GAMMA_BITS = 16
+# The variance sum carries this many fractional bits (even), so eps (in codes^2) keeps its precision
+# when the variance is as small as eps; C * S2 - S1^2 < 2^34 for C <= 1024 leaves room in int64.
+NORM_EPS_FRAC_BITS = 16
+# eps * C^2 / s^2 * 2^NORM_EPS_FRAC_BITS is capped here: beyond it eps dominates any int8 variance.
+NORM_MAX_EPS = 1 << 58
+
+# Softmax: exp(x - max) from a table of 2^activation_bits entries indexed by the code difference
+# (0 down to -(2^b - 1)), as Q0.15 in int16 (scale 1/SOFTMAX_EXP_ONE; the scale cancels in the ratio)
+SOFTMAX_EXP_ONE = (1 << 15) - 1
+# ... the row sum in int32, one reciprocal per row as round(numerator / sum) with numerator =
+# round(2^SOFTMAX_FRAC_BITS / out_scale), and probability codes round(e * reciprocal / 2^SOFTMAX_FRAC_BITS).
+SOFTMAX_FRAC_BITS = 30
+# Probability output scales lie in [SOFTMAX_MIN_PEAK, 1] / 127: a calibrated peak below 1 buys
+# resolution for diffuse attention; the floor keeps numerator * exp within int64.
+SOFTMAX_MIN_PEAK = 2.0 ** -7
+
+# Rotary positions: cos and sin as int16 with this many fractional bits (1.0 = 16384 fits).
+ROTARY_FRAC_BITS = 14
+
+
+def _amax(x, axis: int):
+    """max over `axis`, kept as a size-1 dim (numpy's ndarray.max and torch's Tensor.amax)."""
+    if hasattr(x, "amax"):
+        return x.amax(axis=axis, keepdims=True)
+    return x.max(axis=axis, keepdims=True)
+
+
+def isqrt(v):
+    """floor(sqrt(v)) of an integer array with 0 <= v < 2^63, bit by bit as hardware does it (exact)."""
+    rest = v
+    root = v * 0
+    for k in range(31, -1, -1):
+        bit = 1 << (2 * k)
+        trial = root + bit
+        take = rest >= trial
+        rest = rest - take * trial
+        root = (root >> 1) + take * bit
+    return root
+
+
+def reciprocal_sqrt(v):
+    """(r, e) with r * 2^e / 2^62 ~ 1/sqrt(v), for an integer array 1 <= v < 2^62: floating point as
+    hardware does it. v is normalised to v * 4^e in [2^60, 2^62) (a leading-zero count, by binary
+    search), then r = 2^62 // isqrt(v * 4^e), in (2^31, 2^32]: 31 significant bits at any magnitude."""
+    e = v * 0
+    for step in (16, 8, 4, 2, 1):
+        small = v < (1 << (62 - 2 * step))
+        v = v << (small * (2 * step))
+        e = e + small * step
+    return (v * 0 + (1 << 62)) // isqrt(v), e
+
+
+def layer_norm_codes(x, gamma, beta, eps_term, multiplier, shift, numerics: NNANumerics, axis: int = -1):
+    """LayerNorm of int8 codes `x` over `axis`, to int8 codes (see NNALayerNorm for the scales).
+
+    With C channels, S1 = sum x and S2 = sum x^2 (int32), F = NORM_EPS_FRAC_BITS:
+      d = C * x - S1                         C times the deviation from the mean, exact
+      V = (C * S2 - S1^2) * 2^F + eps_term   C^2 * 2^F times (variance + eps) in codes^2 (int64)
+      (r, e) = reciprocal_sqrt(V)            1/sqrt(V) ~ r * 2^(e - 62)
+      z = sat16(round(d * r / 2^(62 - 10 - F/2 - e)))     (x - mean) / std in Q5.10
+      out = sat8(round(sat32(z * gamma + beta) * M / 2^shift))
+    The input scale cancels in d / sqrt(V) and enters only through eps_term = eps * C^2 / s_in^2 * 2^F.
+    gamma and beta broadcast against x (shape them for `axis`).
+    """
+    size = x.shape[axis]
+    s1 = x.sum(axis=axis, keepdims=True)
+    s2 = (x * x).sum(axis=axis, keepdims=True)
+    centred = x * size - s1
+    variance = ((s2 * size - s1 * s1) << NORM_EPS_FRAC_BITS) + eps_term
+    variance = variance + (variance < 1) * 1  # a constant input without eps: V = 0 -> 1, z = 0
+    reciprocal, exponent = reciprocal_sqrt(variance)
+    z_shift = 62 - NORM_FRAC_BITS - NORM_EPS_FRAC_BITS // 2 - exponent
+    z = rounding_shift(centred * reciprocal, z_shift, numerics.rounding)
+    acc = saturate(saturate(z, NORM_RANGE) * gamma + beta, numerics.acc_range)
+    return requantize(acc, multiplier, shift, numerics.rounding, numerics.act_range)
+
+
+def exp_table(in_scale: float, numerics: NNANumerics) -> np.ndarray:
+    """The softmax's 2^activation_bits-entry table: entry i is round(exp((i - (2^b - 1)) * in_scale) * (2^15 - 1))."""
+    steps = np.arange(-((1 << numerics.activation_bits) - 1), 1, dtype=np.float64)
+    return np.rint(np.exp(steps * np.float64(in_scale)) * SOFTMAX_EXP_ONE).astype(np.int64)
+
+
+def softmax_numerator(out_scale: float) -> int:
+    """round(2^SOFTMAX_FRAC_BITS / out_scale): the reciprocal's numerator, with the output scale folded in."""
+    return int(np.rint(np.ldexp(1.0, SOFTMAX_FRAC_BITS) / np.float64(out_scale)))
+
+
+def softmax_codes(x, valid, table, numerator, numerics: NNANumerics):
+    """Softmax over the last axis of int8 codes `x` where `valid` (0/1 or bool, broadcast to x's shape)
+    is set, to probability codes; invalid positions get exactly 0, a row with none valid all 0.
+
+      m = max of the valid codes;  e = table[x - m] (int16, 0 where invalid);  S = sum e (int32)
+      r = (numerator + S // 2) // S;  p = sat8(round(e * r / 2^SOFTMAX_FRAC_BITS))
+    """
+    keep = valid * 1
+    lowest = numerics.act_range[0]
+    filled = x * keep + lowest * (1 - keep)
+    last = len(table) - 1
+    e = table[filled - _amax(filled, -1) + last] * keep
+    total = e.sum(axis=-1, keepdims=True)
+    total = total + (total == 0) * 1
+    reciprocal = (total * 0 + numerator + (total >> 1)) // total
+    return saturate(rounding_shift(e * reciprocal, SOFTMAX_FRAC_BITS, numerics.rounding), numerics.act_range)
+
+
+def rotary_tables(frames: int, dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin) of the rotary angles t * base^(-2i/dim), (frames, dim/2), as int16 Q1.14 (float64 numpy,
+    ties to even, so the table depends only on its arguments)."""
+    inv_freq = np.float64(base) ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+    angles = np.arange(frames, dtype=np.float64)[:, None] * inv_freq[None, :]
+    one = np.float64(1 << ROTARY_FRAC_BITS)
+    return np.rint(np.cos(angles) * one).astype(np.int64), np.rint(np.sin(angles) * one).astype(np.int64)
+
+
+def rotary_codes(x, cos, sin, multiplier, shift, numerics: NNANumerics):
+    """Rotary positions of int8 codes (..., T, D): pair (x_2i, x_2i+1) of frame t becomes
+    sat8(round((x_2i * cos - x_2i+1 * sin) * M / 2^shift)), sat8(round((x_2i * sin + x_2i+1 * cos) * M / 2^shift))
+    with (cos, sin) the int16 tables of `rotary_tables` for these T and D."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    out = x * 0
+    out[..., 0::2] = requantize(even * cos - odd * sin, multiplier, shift, numerics.rounding, numerics.act_range)
+    out[..., 1::2] = requantize(even * sin + odd * cos, multiplier, shift, numerics.rounding, numerics.act_range)
+    return out

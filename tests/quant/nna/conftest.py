@@ -1,4 +1,4 @@
-"""Real utterances from the built-in corpus and a tiny RNN-T, shared by the NNA tests."""
+"""Real utterances from the built-in corpus, a tiny RNN-T and a tiny Conformer, shared by the NNA tests."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from mpsearch.data.features import log_mel, normalize_utterance
 from mpsearch.data.manifest import load_audio, read_manifest
 from mpsearch.data.synth import synthesize_corpus
 from mpsearch.data.tokenizer import CharTokenizer
+from mpsearch.models.conformer import Conformer, ConformerConfig
 from mpsearch.models.rnnt import RNNT, RNNTConfig
 
 N_MELS = 80
@@ -78,3 +79,29 @@ def tiny_rnnt(speech) -> RNNT:
 def make_rnnt(speech):
     """make_rnnt(subsampling="conv") -> a fresh tiny RNN-T for the corpus' vocabulary."""
     return lambda subsampling="conv": make_tiny_rnnt(speech.vocab_size, subsampling)
+
+
+def make_tiny_conformer(vocab_size: int, **overrides) -> Conformer:
+    """A seeded tiny Conformer (d_model 32, 2 heads, 2 layers, kernel 7) whose greedy decoding emits blanks
+    and labels; `overrides` are ConformerConfig fields (head, chunk_size, ...)."""
+    torch.manual_seed(0)
+    params = {"n_mels": N_MELS, "vocab_size": vocab_size, "d_model": 32, "n_heads": 2, "n_layers": 2,
+              "ff_mult": 2, "conv_kernel": 7, "pred_embed": 16, "pred_hidden": 32, "joint_dim": 32}
+    model = Conformer(ConformerConfig(**{**params, **overrides}))
+    with torch.no_grad():
+        # As for the RNN-T: sharper output layers and a blank bias make greedy decoding take both branches.
+        if model.kind == "ctc":
+            model.ctc_head.weight *= 4
+            model.ctc_head.bias[0] = 8.0
+        else:
+            model.enc_proj.weight *= 2
+            model.predictor.proj.weight *= 2
+            model.joiner.out.weight *= 4
+            model.joiner.out.bias[0] = 1.5
+    return model
+
+
+@pytest.fixture
+def make_conformer(speech):
+    """make_conformer(**overrides) -> a fresh tiny Conformer for the corpus' vocabulary."""
+    return lambda **overrides: make_tiny_conformer(speech.vocab_size, **overrides)
