@@ -50,8 +50,9 @@ class DataConfig(Section):
     corpus: Literal["builtin", "manifest", "librispeech"] = "builtin"
     utterances: int = Field(4000, ge=10, description="builtin: utterances synthesised in total")
     seed: int = 0
-    path: Optional[str] = Field(None, description="builtin: corpus folder; librispeech: the LibriSpeech root")
-    train: Optional[str] = Field(None, description="manifest: train JSONL")
+    path: Optional[str] = Field(None, description="builtin: corpus folder (default: beside the study folder, "
+                                                  "corpus/builtin-seed<seed>-n<utterances>)")
+    train: Optional[str] = Field(None, description="manifest: train JSONL; librispeech: a LibriSpeech split folder")
     dev: Optional[str] = None
     test: Optional[str] = None
     features: FeatureConfig = FeatureConfig()

@@ -15,7 +15,8 @@ def resolve_manifests(cfg: DataConfig, study_dir: Path, progress: bool = True) -
     if cfg.corpus == "builtin":
         from mpsearch.data.synth import synthesize_corpus
 
-        out = Path(cfg.path) if cfg.path else study_dir / "corpus"
+        # Beside the study folders, keyed by what makes it, so studies on the same corpus share it.
+        out = Path(cfg.path) if cfg.path else study_dir.parent / "corpus" / f"builtin-seed{cfg.seed}-n{cfg.utterances}"
         return {k: Path(v) for k, v in synthesize_corpus(out, utterances=cfg.utterances, seed=cfg.seed).items()}
     missing = [s for s in SPLITS if getattr(cfg, s) is None]
     if missing:
