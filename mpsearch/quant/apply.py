@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from mpsearch.errors import ConfigError, MpsearchError, PolicyError
 from mpsearch.quant.config import QuantConfig
+from mpsearch.quant.methods.sparsity import check_sparsity_shape
 from mpsearch.quant.modules import QUANT_MODULES, QuantModule
 from mpsearch.quant.nna import convert as nna_convert
 from mpsearch.quant.nna.errors import NNAError
@@ -17,7 +18,7 @@ from mpsearch.quant.nna.modules import NNAModule
 from mpsearch.quant.nna.numerics import NNANumerics
 from mpsearch.quant.policy import Policy
 from mpsearch.quant.quantizers import QUANTIZERS, ActivationQuantizer, WeightQuantizer
-from mpsearch.quant.sites import find_sites
+from mpsearch.quant.sites import Site, find_sites
 
 EMULATIONS = ("none", "nna")
 
@@ -28,7 +29,9 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none",
 
     emulation="none": every module with at least one site the policy quantizes is replaced by its
     Quant* counterpart holding the same float parameters; sites resolved to None stay float (an LSTM
-    quantizes each of its matrices by its own site's config).
+    quantizes each of its matrices by its own site's config). A config with `sparsity` also masks its
+    weight (mask * Q(W)); the masks start dense and follow their schedule under
+    `mpsearch.quant.methods.hooks.training_hooks`.
 
     emulation="nna": the accelerator's integer arithmetic (`numerics`, default NNANumerics(); see
     NNANumerics.from_profile). Every site must be quantized (symmetric weights, act_bits equal to
@@ -48,7 +51,7 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none",
         if emulation == "nna":
             nna_convert.check_site(site.name, cfg, numerics or NNANumerics())
         if cfg is not None:
-            _check_site_config(site.name, cfg)
+            _check_site_config(site, cfg)
         per_module.setdefault(site.module, {})[site.param] = cfg
 
     if emulation == "nna":
@@ -70,14 +73,13 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none",
     return model
 
 
-def _check_site_config(site_name: str, cfg: QuantConfig) -> None:
-    if cfg.sparsity is not None:
-        raise PolicyError(f"Site '{site_name}' asks for sparsity ({cfg.sparsity.method}), which quant.apply "
-                          "does not apply yet; remove 'sparsity' from its config.")
+def _check_site_config(site: Site, cfg: QuantConfig) -> None:
     try:
         QUANTIZERS.get(cfg.method).check_config(cfg)
+        if cfg.sparsity is not None:
+            check_sparsity_shape(site.shape, cfg.sparsity)
     except MpsearchError as exc:
-        raise PolicyError(f"Site '{site_name}': {exc}") from None
+        raise PolicyError(f"Site '{site.name}': {exc}") from None
 
 
 def _float_class(module: nn.Module) -> type[nn.Module]:
@@ -126,12 +128,13 @@ def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
 def export_weights(model: nn.Module) -> dict[str, tuple[Tensor, Tensor, Tensor, int]]:
     """Site name -> (int8 codes, scale, zero point, bits) of every quantized weight (fake-quant export).
 
-    (codes - zero_point) * scale is exactly the weight the quantized model computes with.
+    (codes - zero_point) * scale is exactly the weight the quantized model computes with; pruned
+    weights hold the zero point's code.
     """
     exported = {}
     for name, module in _quant_modules(model):
         for param, quantizer in module.weight_quantizers.items():
-            codes, scale, zero_point = quantizer.quantize_int(getattr(module, param))
+            codes, scale, zero_point = module.quantize_int(param)
             exported[module.site_name(name, param)] = (codes, scale, zero_point, quantizer.bits)
     return exported
 

@@ -3,9 +3,11 @@
 Each Quant* class subclasses the float module it replaces and adopts its parameters, buffers and
 attributes unchanged, so parameter names (and therefore state dicts) stay those of the float model,
 fine-tuning starts from the float weights, and `find_sites` finds the same sites on a quantized model.
-Quantizers sit beside the parameters in two ModuleDicts keyed by parameter name:
-`weight_quantizers[param]` fake-quantizes that weight on every forward, and `input_quantizers[param]`
-fake-quantizes the activation entering that weight's matmul.
+Quantizers sit beside the parameters in ModuleDicts keyed by parameter name:
+`weight_quantizers[param]` fake-quantizes that weight on every forward, `input_quantizers[param]`
+fake-quantizes the activation entering that weight's matmul, and `weight_sparsifiers[param]` (when the
+config asks for sparsity) masks the quantized weight: the weight used is mask * Q(W), so pruned weights
+are exact zeros whatever the quantizer's grid.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from mpsearch.errors import PolicyError
 from mpsearch.quant.config import QuantConfig
+from mpsearch.quant.methods.sparsity import make_sparsifier
 from mpsearch.quant.quantizers import make_activation_quantizer, make_weight_quantizer
 
 RECURRENT_PATHS = ("auto", "fused", "unrolled")
@@ -35,11 +38,13 @@ class QuantModule:
 
     weight_quantizers: nn.ModuleDict
     input_quantizers: nn.ModuleDict
+    weight_sparsifiers: nn.ModuleDict
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.weight_quantizers = nn.ModuleDict()
         self.input_quantizers = nn.ModuleDict()
+        self.weight_sparsifiers = nn.ModuleDict()
 
     @classmethod
     def from_float(cls, module: nn.Module, configs: Mapping[str, QuantConfig | None]):
@@ -56,8 +61,8 @@ class QuantModule:
         # registrations (the quantizers) do not leak into the old one.
         new.__dict__.update({k: copy.copy(v) if isinstance(v, (dict, list, set)) else v
                              for k, v in module.__dict__.items()})
-        nn.Module.__setattr__(new, "weight_quantizers", nn.ModuleDict())
-        nn.Module.__setattr__(new, "input_quantizers", nn.ModuleDict())
+        for table in ("weight_quantizers", "input_quantizers", "weight_sparsifiers"):
+            nn.Module.__setattr__(new, table, nn.ModuleDict())
         new.set_quantizers(configs)
         return new
 
@@ -68,12 +73,15 @@ class QuantModule:
             if not isinstance(weight, Tensor):
                 raise PolicyError(f"{type(self).__name__} has no weight '{param}'; valid weights: "
                                   f"{', '.join(self.quantizable_weights())}.")
-            for table in (self.weight_quantizers, self.input_quantizers):
+            for table in (self.weight_quantizers, self.input_quantizers, self.weight_sparsifiers):
                 if param in table:
                     del table[param]
             if cfg is None:
                 continue
             self.weight_quantizers[param] = make_weight_quantizer(cfg, weight)
+            sparsifier = make_sparsifier(cfg, weight)
+            if sparsifier is not None:
+                self.weight_sparsifiers[param] = sparsifier.to(device=weight.device)
             act = make_activation_quantizer(cfg) if self.quantizes_inputs else None
             if act is not None:
                 self.input_quantizers[param] = act.to(device=weight.device)
@@ -86,10 +94,23 @@ class QuantModule:
         return module_name
 
     def quantized(self, param: str) -> Tensor:
-        """The fake-quantized value of weight `param` (the float weight if it is not quantized)."""
+        """The fake-quantized (and masked, if sparse) value of weight `param` (the float weight if it is
+        not quantized)."""
         weight = getattr(self, param)
         quantizer = _entry(self.weight_quantizers, param)
-        return weight if quantizer is None else quantizer(weight)
+        value = weight if quantizer is None else quantizer(weight)
+        sparsifier = _entry(self.weight_sparsifiers, param)
+        return value if sparsifier is None else sparsifier(value)
+
+    @torch.no_grad()
+    def quantize_int(self, param: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(int8 codes, scale, zero point) of quantized weight `param` as deployed: pruned weights hold the
+        zero point's code, so (codes - zero_point) * scale is exactly the weight the module computes with."""
+        codes, scale, zero_point = self.weight_quantizers[param].quantize_int(getattr(self, param))
+        sparsifier = _entry(self.weight_sparsifiers, param)
+        if sparsifier is not None:
+            codes = torch.where(sparsifier.mask, codes, zero_point)
+        return codes, scale, zero_point
 
     def _quantize_input(self, param: str, x: Tensor) -> Tensor:
         return self.input_quantizers[param](x) if param in self.input_quantizers else x

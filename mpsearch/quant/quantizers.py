@@ -8,8 +8,13 @@ part. Its public interface, which the contract suite in mpsearch.testing relies 
     forward(w) -> fake-quantized float w (straight-through gradients)
     quantize_int(w) -> (int8 codes, scale, zero_point), with (codes - zero_point) * scale == forward(w)
     bits, levels, set_bits(b), scale_and_zero_point(w), check_config(cfg)
+    quantized_in_training: whether forward(w) in training mode is already on the grid (a method that
+        trains float weights, as ADMM does, or assigns them softly, as GQ does while annealing, is
+        quantized in eval mode only; export and deployment use the eval-mode forward)
 
-Activation quantizers are per tensor and chosen by the weight method's `activation_method`.
+Methods beyond uniform and lsq (gq, s8bqat, admm) live in mpsearch.quant.methods, imported at the end
+of this module so they register here. Activation quantizers are per tensor and chosen by the weight
+method's `activation_method`.
 """
 
 from __future__ import annotations
@@ -54,10 +59,14 @@ OPTION_CHECKS = {"rounding": _check_rounding, "act_momentum": _check_momentum}
 
 
 def validate_options(cfg: QuantConfig) -> None:
-    """Raise a PolicyError for an option the config's method (or its activation quantizer) does not read."""
+    """Raise a PolicyError for an option the config's method (or its activation quantizer, or its
+    sparsity) does not read."""
     weight_cls = QUANTIZERS.get(cfg.method)
     allowed = dict(weight_cls.options)
     allowed.update(ACTIVATION_QUANTIZERS.get(weight_cls.activation_method).options)
+    if cfg.sparsity is not None:
+        allowed.update(sparsity.SPARSITY_OPTIONS)
+        sparsity.check_sparsity_options(cfg)
     unknown = sorted(set(cfg.options) - set(allowed))
     if unknown:
         raise PolicyError(f"Unknown option(s) {unknown} for method '{cfg.method}'; valid options: "
@@ -94,9 +103,19 @@ class WeightQuantizer(nn.Module):
     def from_config(cls, cfg: QuantConfig, weight: Tensor) -> WeightQuantizer:
         raise NotImplementedError
 
+    @classmethod
+    def option(cls, cfg: QuantConfig, name: str) -> Any:
+        """The value of option `name` in cfg, or this method's default."""
+        return cfg.options.get(name, cls.options[name])
+
     @property
     def bits(self) -> int:
         return self.width.bits
+
+    @property
+    def quantized_in_training(self) -> bool:
+        """Whether forward(w) in training mode returns grid values (eval mode always does)."""
+        return True
 
     @property
     def levels(self) -> int:
@@ -389,3 +408,8 @@ def make_activation_quantizer(cfg: QuantConfig) -> ActivationQuantizer | None:
     if cfg.act_bits is None:
         return None
     return ACTIVATION_QUANTIZERS.get(QUANTIZERS.get(cfg.method).activation_method).from_config(cfg)
+
+
+# Registers gq, s8bqat and admm; at the end because those modules subclass the quantizers above.
+from mpsearch.quant import methods  # noqa: F401
+from mpsearch.quant.methods import sparsity

@@ -42,7 +42,8 @@ def quantization_error(weight: Tensor, method: str, bits: int) -> float:
     Learned quantizers (lsq) are scored at their initial step, before any training.
     """
     cfg = QuantConfig(weight_bits=bits, method=method)
-    quantizer = QUANTIZERS.get(method).from_config(cfg, weight)
+    # eval mode: the deployed quantized weight (admm and s8bqat train on the float weight)
+    quantizer = QUANTIZERS.get(method).from_config(cfg, weight).eval()
     w = weight.detach().float()
     return float((quantizer(w) - w).pow(2).sum())
 

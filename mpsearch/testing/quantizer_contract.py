@@ -9,6 +9,11 @@ activation quantizers `observe`, `freeze`, `calibrating`.
 A method may refuse a config it cannot honour by raising an MpsearchError from `from_config` (lsq
 refuses asymmetric weights); that case is skipped, but every method must accept the default
 (symmetric, per-channel) config.
+
+Checks on the quantized values (levels, export, idempotence, error, set_bits) run on the deployed
+forward, eval mode, and also in training mode unless the quantizer says its training forward is not on
+the grid (`quantized_in_training` False: ADMM trains float weights; GQ while its temperature is above 0).
+For uniform and lsq both modes are checked, as before; gradients are checked in training mode.
 """
 
 from __future__ import annotations
@@ -64,6 +69,17 @@ def _channels(x: Tensor, per_channel: bool) -> list[Tensor]:
     return list(x.reshape(x.shape[0], -1)) if per_channel else [x.reshape(-1)]
 
 
+def _modes(q) -> tuple[bool, ...]:
+    """The training flags whose forward must be on the grid: eval always, training if the method says so."""
+    return (False, True) if getattr(q, "quantized_in_training", True) else (False,)
+
+
+def _forward(q, x: Tensor, training: bool) -> Tensor:
+    q.train(training)
+    with torch.no_grad():
+        return q(x)
+
+
 def check_levels(method: str, bits: int, granularity: str, symmetric: bool) -> None:
     """At most 2^bits distinct values per quantization group, and bits/levels report the width."""
     per_channel = granularity == "per_channel"
@@ -72,12 +88,13 @@ def check_levels(method: str, bits: int, granularity: str, symmetric: bool) -> N
         q = build(method, bits, granularity, symmetric, w)
         assert q.bits == bits, f"bits is {q.bits}, configured {bits}"
         assert 2 <= q.levels <= 2 ** bits, f"levels is {q.levels} for {bits} bits"
-        with torch.no_grad():
-            out = q(w)
-        assert out.shape == w.shape and out.dtype == w.dtype
-        for group in _channels(out, per_channel):
-            distinct = group.unique().numel()
-            assert distinct <= 2 ** bits, f"{distinct} distinct values at {bits} bits ({shape}, {granularity})"
+        for training in _modes(q):
+            out = _forward(q, w, training)
+            assert out.shape == w.shape and out.dtype == w.dtype
+            for group in _channels(out, per_channel):
+                distinct = group.unique().numel()
+                assert distinct <= 2 ** bits, \
+                    f"{distinct} distinct values at {bits} bits ({shape}, {granularity}, training={training})"
 
 
 def check_export(method: str, bits: int, granularity: str, symmetric: bool) -> None:
@@ -87,8 +104,6 @@ def check_export(method: str, bits: int, granularity: str, symmetric: bool) -> N
     for shape in WEIGHT_SHAPES:
         w = weight(shape)
         q = build(method, bits, granularity, symmetric, w)
-        with torch.no_grad():
-            out = q(w)
         codes, scale, zero_point = q.quantize_int(w)
         assert not codes.is_floating_point() and codes.shape == w.shape
         assert codes.dtype in (torch.int8, torch.uint8), f"codes are {codes.dtype}, not 8-bit"
@@ -96,7 +111,10 @@ def check_export(method: str, bits: int, granularity: str, symmetric: bool) -> N
             assert group.unique().numel() <= 2 ** bits
         dequantized = (codes.to(w.dtype) - zero_point.to(w.dtype)) * scale
         tol = 1e-6 * float(w.abs().max())
-        assert torch.allclose(dequantized, out, rtol=1e-6, atol=tol), "export does not reproduce forward(w)"
+        for training in _modes(q):
+            out = _forward(q, w, training)
+            assert torch.allclose(dequantized, out, rtol=1e-6, atol=tol), \
+                f"export does not reproduce forward(w) (training={training})"
 
 
 def check_idempotent(method: str, bits: int, granularity: str, symmetric: bool) -> None:
@@ -104,12 +122,12 @@ def check_idempotent(method: str, bits: int, granularity: str, symmetric: bool) 
     for shape in WEIGHT_SHAPES:
         w = weight(shape)
         q = build(method, bits, granularity, symmetric, w)
-        with torch.no_grad():
-            once = q(w)
-            twice = q(once)
-        tol = 1e-6 * float(w.abs().max())
-        assert torch.allclose(twice, once, rtol=1e-6, atol=tol), \
-            f"not idempotent: max diff {float((twice - once).abs().max()):.3g} ({shape}, {bits} bits)"
+        for training in _modes(q):
+            once = _forward(q, w, training)
+            twice = _forward(q, once, training)
+            tol = 1e-6 * float(w.abs().max())
+            assert torch.allclose(twice, once, rtol=1e-6, atol=tol), \
+                f"not idempotent: max diff {float((twice - once).abs().max()):.3g} ({shape}, {bits} bits)"
 
 
 def check_error_shrinks_with_bits(method: str, granularity: str, symmetric: bool) -> None:
@@ -119,8 +137,7 @@ def check_error_shrinks_with_bits(method: str, granularity: str, symmetric: bool
         errors = []
         for bits in BITS:
             q = build(method, bits, granularity, symmetric, w)
-            with torch.no_grad():
-                errors.append(float((q(w) - w).norm()))
+            errors.append(float((_forward(q, w, False) - w).norm()))
         for lower, higher, bits in zip(errors, errors[1:], BITS[1:]):
             assert higher <= lower * (1 + 1e-6), f"error grew at {bits} bits: {errors} ({shape})"
         assert errors[-1] < errors[0], f"error did not shrink at all: {errors}"
@@ -172,8 +189,9 @@ def check_state_dict_roundtrip(method: str, bits: int, granularity: str, symmetr
         other = weight(shape, seed=4) * 3.0
         fresh = build(method, bits, granularity, symmetric, other)
         fresh.load_state_dict(trained.state_dict())
-        with torch.no_grad():
-            assert torch.equal(fresh(w), trained(w)), "outputs differ after a state_dict round trip"
+        for training in (True, False):
+            assert torch.equal(_forward(fresh, w, training), _forward(trained, w, training)), \
+                f"outputs differ after a state_dict round trip (training={training})"
 
 
 def check_set_bits(method: str, bits: int, granularity: str, symmetric: bool) -> None:
@@ -183,11 +201,11 @@ def check_set_bits(method: str, bits: int, granularity: str, symmetric: bool) ->
     q = build(method, MAX_BITS if bits != MAX_BITS else MIN_BITS, granularity, symmetric, w)
     q.set_bits(bits)
     assert q.bits == bits and q.levels <= 2 ** bits
-    with torch.no_grad():
-        out = q(w)
-    assert torch.isfinite(out).all()
-    for group in _channels(out, per_channel):
-        assert group.unique().numel() <= 2 ** bits
+    for training in _modes(q):
+        out = _forward(q, w, training)
+        assert torch.isfinite(out).all()
+        for group in _channels(out, per_channel):
+            assert group.unique().numel() <= 2 ** bits
     try:
         q.set_bits(MAX_BITS + 1)
     except MpsearchError:

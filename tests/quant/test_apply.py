@@ -173,14 +173,15 @@ def test_emulation_must_be_a_known_value():
 def test_policy_is_validated_against_the_model():
     with pytest.raises(PolicyError, match="Unknown site 'decoder'"):
         apply(make_model(), Policy({"decoder": W8}))
-    with pytest.raises(PolicyError, match="Unknown method 'gq' for 'joiner'; valid choices: lsq, uniform"):
-        apply(make_model(), Policy({"joiner": QuantConfig(method="gq")}))
+    with pytest.raises(PolicyError,
+                       match="Unknown method 'gq2' for 'joiner'; valid choices: admm, gq, lsq, s8bqat, uniform"):
+        apply(make_model(), Policy({"joiner": QuantConfig(method="gq2")}))
     with pytest.raises(PolicyError, match="Site 'joiner': Method 'lsq'.*symmetric"):
         apply(make_model(), Policy({"joiner": QuantConfig(method="lsq", symmetric=False)}))
     with pytest.raises(PolicyError, match="Site 'joiner': Unknown option"):
         apply(make_model(), Policy({"joiner": QuantConfig(options={"temp": 1})}))
-    with pytest.raises(PolicyError, match="sparsity.*remove 'sparsity'"):
-        apply(make_model(), Policy({"joiner": QuantConfig(sparsity="2:4")}))
+    with pytest.raises(PolicyError, match="Site 'joiner': N:M sparsity 2:5 .* size 24"):
+        apply(make_model(), Policy({"joiner": QuantConfig(sparsity="2:5")}))
 
 
 def test_modules_a_swap_would_break_are_refused():

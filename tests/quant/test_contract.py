@@ -31,4 +31,13 @@ def test_activation_quantizer_contract(check, name, bits, signed):
 def test_every_method_is_covered():
     assert {case[0] for case in contract.weight_cases()} == set(QUANTIZERS.names())
     assert {case[0] for case in contract.activation_cases()} == set(ACTIVATION_QUANTIZERS.names())
-    assert {"uniform", "lsq"} <= set(QUANTIZERS.names())
+    assert {"uniform", "lsq", "gq", "s8bqat", "admm"} <= set(QUANTIZERS.names())
+
+
+def test_methods_that_train_off_the_grid_are_still_checked_in_eval_mode():
+    w = contract.weight((12, 20))
+    for method in ("admm", "s8bqat"):
+        q = QUANTIZERS.get(method).from_config(contract.config(method, 3), w)
+        assert not q.quantized_in_training  # these train float weights; their deployed forward is checked
+        contract.check_levels(method, 3, "per_channel", True)
+        contract.check_export(method, 3, "per_channel", True)

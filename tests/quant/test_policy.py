@@ -81,7 +81,7 @@ def test_unknown_method_lists_the_registered_ones():
     policy = Policy({"head": QuantConfig(method="nonsense")})
     with pytest.raises(PolicyError, match="Unknown method 'nonsense'") as info:
         policy.validate(find_sites(Model()), QUANTIZERS.names())
-    assert "valid choices: lsq, uniform" in str(info.value)
+    assert "valid choices: admm, gq, lsq, s8bqat, uniform" in str(info.value)
 
 
 def test_errors_are_mpsearch_errors_with_one_line_messages(tmp_path):

@@ -21,7 +21,7 @@ from mpsearch.quant.quantizers import (
 def test_registries():
     assert QUANTIZERS.get("uniform") is UniformQuantizer and QUANTIZERS.get("lsq") is LsqQuantizer
     assert set(ACTIVATION_QUANTIZERS.names()) == {"lsq", "minmax"}
-    with pytest.raises(MpsearchError, match="valid choices: lsq, uniform"):
+    with pytest.raises(MpsearchError, match="valid choices: admm, gq, lsq, s8bqat, uniform"):
         QUANTIZERS.get("gq2")
 
 

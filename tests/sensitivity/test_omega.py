@@ -58,3 +58,9 @@ def test_quantization_error_vanishes_for_weights_on_the_grid():
     weight = torch.tensor([[-1.0, 0.0, 1.0, 0.5]])  # per-channel scale 1/7 at 4 bits: 0.5 is off grid
     assert quantization_error(weight, "uniform", 8) < quantization_error(weight, "uniform", 4)
     assert quantization_error(torch.tensor([[-1.0, 0.0, 1.0]]), "uniform", 2) == 0.0
+
+
+@pytest.mark.parametrize("method", ["admm", "s8bqat", "gq"])
+def test_methods_that_train_in_float_are_scored_at_their_deployed_weight(method):
+    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    assert quantization_error(weight, method, 3) > 0.0

@@ -1,0 +1,102 @@
+"""admm: quantization by the alternating direction method of multipliers (as used by Xu et al. 2021).
+
+The float weight W trains on loss + rho/2 ||W - Z + U||^2, where Z is a quantized copy and U the scaled
+dual; every K steps the projection Z = Q_b(W + U) (the site's uniform quantizer) and the dual update
+U += W - Z pull W onto the quantized set, with rho optionally growing at each update. The training forward
+is the float W; eval mode and export use Q_b(W), which the penalty has driven W close to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mpsearch.quant.config import QuantConfig
+from mpsearch.quant.methods.options import check_number
+from mpsearch.quant.methods.protocol import ScheduledMethod
+from mpsearch.quant.quantizers import QUANTIZERS, UniformQuantizer
+
+
+@QUANTIZERS.register("admm")
+class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
+    """The uniform quantizer of the site, plus ADMM's auxiliary Z and dual U (buffers shaped like W).
+
+    Options: `rho` (penalty at the start), `rho_growth` (rho is multiplied by it after every update),
+    `update_every` (steps between ADMM updates), `rounding`. `residuals` records ||W - Z|| at every
+    update (the primal residual), for monitoring convergence.
+    """
+
+    options: ClassVar[dict[str, Any]] = {"rounding": "half_even", "rho": 0.1, "rho_growth": 1.1,
+                                         "update_every": 25}
+
+    def __init__(self, bits: int, weight: Tensor, symmetric: bool = True, per_channel: bool = True,
+                 rounding: str = "half_even", rho: float = 0.1, rho_growth: float = 1.1,
+                 update_every: int = 25) -> None:
+        super().__init__(bits, symmetric, per_channel, rounding)
+        self.rho0 = float(rho)
+        self.rho_growth = float(rho_growth)
+        self.update_every = int(update_every)
+        w = weight.detach()
+        self.register_buffer("z", self.project(w))
+        self.register_buffer("u", torch.zeros_like(w))
+        # Updates done so far: rho follows from it, so a resumed run continues the same schedule.
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long, device=w.device))
+        self.residuals: list[float] = []
+
+    @classmethod
+    def check_config(cls, cfg: QuantConfig) -> None:
+        super().check_config(cfg)
+        check_number("rho", cfg.options.get("rho", 0.1), 0.0, lo_open=True)
+        check_number("rho_growth", cfg.options.get("rho_growth", 1.1), 1.0, 10.0)
+        check_number("update_every", cfg.options.get("update_every", 25), 1, integer=True)
+
+    @classmethod
+    def from_config(cls, cfg: QuantConfig, weight: Tensor) -> AdmmQuantizer:
+        cls.check_config(cfg)
+        return cls(cfg.weight_bits, weight, cfg.symmetric, cfg.granularity == "per_channel",
+                   *(cls.option(cfg, k) for k in ("rounding", "rho", "rho_growth", "update_every")))
+
+    @property
+    def quantized_in_training(self) -> bool:
+        return False
+
+    @property
+    def rho(self) -> float:
+        return self.rho0 * self.rho_growth ** int(self.updates)
+
+    @torch.no_grad()
+    def project(self, x: Tensor) -> Tensor:
+        """Q_b(x): the nearest point of the site's uniform grid (its scale taken from x)."""
+        return super().forward(x)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return w if self.training else super().forward(w)
+
+    def penalty(self, w: Tensor) -> Tensor:
+        """rho/2 ||W - Z + U||^2 (a sum over the site's weights)."""
+        return 0.5 * self.rho * (w - self.z + self.u).pow(2).sum()
+
+    @torch.no_grad()
+    def admm_update(self, w: Tensor) -> float:
+        """Z = Q_b(W + U), U += W - Z; returns (and records) the primal residual ||W - Z||."""
+        w = w.detach()
+        self.z.copy_(self.project(w + self.u))
+        self.u.add_(w - self.z)
+        self.updates += 1
+        residual = float((w - self.z).norm())
+        self.residuals.append(residual)
+        return residual
+
+    # --- training hooks -----------------------------------------------------------------------
+    def loss_term(self, weight: Tensor) -> Tensor | None:
+        return self.penalty(weight)
+
+    def on_step(self, weight: Tensor, step: int, total_steps: int) -> None:
+        if step > 0 and step % self.update_every == 0:
+            self.admm_update(weight)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rho={self.rho:g}, rho_growth={self.rho_growth:g}, " \
+               f"update_every={self.update_every}"
