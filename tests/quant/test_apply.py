@@ -17,34 +17,16 @@ from mpsearch.quant import (
     quantized_sites,
 )
 from mpsearch.quant.modules import QuantConv1d, QuantEmbedding, QuantLinear, QuantLSTM
-
-
-class SpeechModel(nn.Module):
-    """Conv front end, 2-layer LSTM encoder, embedding + LSTM predictor, linear joiner."""
-
-    def __init__(self):
-        super().__init__()
-        self.frontend = nn.Conv1d(10, 16, kernel_size=3, padding=1)
-        self.encoder = nn.LSTM(16, 24, num_layers=2, batch_first=True)
-        self.embed = nn.Embedding(12, 8)
-        self.predictor = nn.LSTM(8, 24, batch_first=True)
-        self.joiner = nn.Linear(24, 12)
-
-    def forward(self, feats, tokens):
-        x = torch.relu(self.frontend(feats.transpose(1, 2))).transpose(1, 2)
-        enc, _ = self.encoder(x)
-        pred, _ = self.predictor(self.embed(tokens))
-        return self.joiner(torch.tanh(enc[:, :, None] + pred[:, None]))
+from mpsearch.testing.toy_models import ToySpeechModel, toy_batch
 
 
 def make_model():
     torch.manual_seed(0)
-    return SpeechModel()
+    return ToySpeechModel()
 
 
 def batch():
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(3, 9, 10, generator=gen), torch.randint(0, 12, (3, 4), generator=gen)
+    return toy_batch(make_model(), batch=3, frames=9, tokens=4)
 
 
 W8 = QuantConfig(weight_bits=8, act_bits=None)
@@ -54,7 +36,7 @@ def test_apply_keeps_the_original_model_untouched():
     model = make_model()
     before = copy.deepcopy(model.state_dict())
     quantized = apply(model, Policy.uniform(QuantConfig(weight_bits=4)))
-    assert all(type(m) in (SpeechModel, nn.Conv1d, nn.LSTM, nn.Embedding, nn.Linear) for m in model.modules())
+    assert all(type(m) in (ToySpeechModel, nn.Conv1d, nn.LSTM, nn.Embedding, nn.Linear) for m in model.modules())
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
     assert quantized is not model

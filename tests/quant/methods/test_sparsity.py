@@ -15,34 +15,16 @@ from mpsearch.quant.methods.sparsity import (
     make_sparsifier,
 )
 from mpsearch.quant.modules import QuantModule
-
-
-class SpeechModel(nn.Module):
-    """Conv front end, LSTM encoder, embedding + LSTM predictor, linear joiner (every site kind)."""
-
-    def __init__(self):
-        super().__init__()
-        self.frontend = nn.Conv1d(8, 16, kernel_size=3, padding=1)
-        self.encoder = nn.LSTM(16, 12, batch_first=True)
-        self.embed = nn.Embedding(10, 8)
-        self.predictor = nn.LSTM(8, 12, batch_first=True)
-        self.joiner = nn.Linear(12, 10)
-
-    def forward(self, feats, tokens):
-        x = torch.relu(self.frontend(feats.transpose(1, 2))).transpose(1, 2)
-        enc, _ = self.encoder(x)
-        pred, _ = self.predictor(self.embed(tokens))
-        return self.joiner(torch.tanh(enc[:, :, None] + pred[:, None]))
+from mpsearch.testing.toy_models import ToySpeechModel, toy_batch
 
 
 def make_model():
     torch.manual_seed(0)
-    return SpeechModel()
+    return ToySpeechModel(n_mels=8, hidden=12, vocab=10, encoder_layers=1)
 
 
 def batch():
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(2, 7, 8, generator=gen), torch.randint(0, 10, (2, 3), generator=gen)
+    return toy_batch(make_model(), batch=2, frames=7, tokens=3)
 
 
 def sparse_sites(model):
