@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -43,18 +43,18 @@ class SpecAugmentConfig(Section):
 class FeatureConfig(Section):
     n_mels: int = Field(80, ge=8, le=256)
     normalize: Literal["utterance", "global"] = "utterance"
-    specaugment: Optional[SpecAugmentConfig] = None
+    specaugment: SpecAugmentConfig | None = None
 
 
 class DataConfig(Section):
     corpus: Literal["builtin", "manifest", "librispeech"] = "builtin"
     utterances: int = Field(4000, ge=10, description="builtin: utterances synthesised in total")
     seed: int = 0
-    path: Optional[str] = Field(None, description="builtin: corpus folder (default: beside the study folder, "
+    path: str | None = Field(None, description="builtin: corpus folder (default: beside the study folder, "
                                                   "corpus/builtin-seed<seed>-n<utterances>)")
-    train: Optional[str] = Field(None, description="manifest: train JSONL; librispeech: a LibriSpeech split folder")
-    dev: Optional[str] = None
-    test: Optional[str] = None
+    train: str | None = Field(None, description="manifest: train JSONL; librispeech: a LibriSpeech split folder")
+    dev: str | None = None
+    test: str | None = None
     features: FeatureConfig = FeatureConfig()
     max_batch_frames: int = Field(24000, ge=100, description="length-bucketed batches hold at most this many feature frames")
 
@@ -66,7 +66,7 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     max_steps: int = Field(2000, ge=1)
-    max_minutes: Optional[float] = Field(None, gt=0, description="stop training after this wall time")
+    max_minutes: float | None = Field(None, gt=0, description="stop training after this wall time")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(200, ge=0)
@@ -74,7 +74,7 @@ class TrainConfig(Section):
     eval_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(200, ge=1)
     augment: bool = Field(True, description="apply the data section's SpecAugment while training")
-    threads: Optional[int] = Field(None, ge=1, description="torch threads; default all cores")
+    threads: int | None = Field(None, ge=1, description="torch threads; default all cores")
     seed: int = 0
 
 
@@ -83,7 +83,7 @@ class SensitivityConfig(Section):
 
     backend: Literal["hutchinson", "pyhessian"] = "hutchinson"
     batches: int = Field(2, ge=1, description="train batches the Hessian is averaged over")
-    max_batch_frames: Optional[int] = Field(
+    max_batch_frames: int | None = Field(
         None, ge=100, description="frames per sensitivity batch; None: the data section's max_batch_frames")
     tol: float = Field(0.05, gt=0, lt=1,
                        description="stop when every site's relative standard error is below this")
@@ -104,7 +104,7 @@ class SensitivityConfig(Section):
         return tuple(sorted(set(value)))
 
     @model_validator(mode="after")
-    def _probe_budget_covers_minimum(self) -> "SensitivityConfig":
+    def _probe_budget_covers_minimum(self) -> SensitivityConfig:
         if self.max_probes < self.min_probes:
             raise ValueError(f"max_probes ({self.max_probes}) must be at least min_probes ({self.min_probes})")
         return self
@@ -117,7 +117,7 @@ class HardwareConfig(Section):
 
 class StudyConfig(Section):
     name: str
-    output_dir: Optional[str] = None
+    output_dir: str | None = None
     data: DataConfig = DataConfig()
     model: ModelConfig
     train: TrainConfig = TrainConfig()
@@ -136,7 +136,7 @@ class StudyConfig(Section):
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "StudyConfig":
+    def from_yaml(cls, path: str | Path) -> StudyConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Study file '{path}' does not exist; pass the path of a study YAML (see studies/).")

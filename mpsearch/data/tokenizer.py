@@ -53,7 +53,7 @@ class CharTokenizer:
         write_json(path, {"_type": "CharTokenizer", "alphabet": self.alphabet})
 
     @classmethod
-    def load(cls, path: str | Path) -> "CharTokenizer":
+    def load(cls, path: str | Path) -> CharTokenizer:
         data = read_json(path)
         if data.get("_type") != "CharTokenizer":
             raise DataError(f"{path} is not a saved CharTokenizer; delete it to rebuild.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from mpsearch.errors import PolicyError
 
@@ -17,9 +17,9 @@ class SparsityConfig:
     """Unstructured (`magnitude`, `csp`: `fraction` of zeros) or N:M structured (`nm`: keep n of every m)."""
 
     method: str
-    fraction: Optional[float] = None
-    n: Optional[int] = None
-    m: Optional[int] = None
+    fraction: float | None = None
+    n: int | None = None
+    m: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in SPARSITY_METHODS:
@@ -36,7 +36,7 @@ class SparsityConfig:
         return self.n / self.m if self.method == "nm" else 1.0 - self.fraction
 
     @classmethod
-    def parse(cls, value: Any) -> Optional["SparsityConfig"]:
+    def parse(cls, value: Any) -> SparsityConfig | None:
         """Accept None, a SparsityConfig, 'n:m' like '2:4', or a mapping."""
         if value is None or isinstance(value, SparsityConfig):
             return value
@@ -60,11 +60,11 @@ class QuantConfig:
     """Weight bits, activation bits (None keeps activations float), method, granularity and sparsity."""
 
     weight_bits: int = 8
-    act_bits: Optional[int] = 8
+    act_bits: int | None = 8
     method: str = "uniform"
     granularity: str = "per_channel"
     symmetric: bool = True
-    sparsity: Optional[SparsityConfig] = None
+    sparsity: SparsityConfig | None = None
     options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
@@ -85,7 +85,7 @@ class QuantConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
         if not isinstance(data, dict):
             raise PolicyError(f"A QuantConfig must be a mapping; got {data!r}.")
         valid = {f for f in cls.__dataclass_fields__}

@@ -8,8 +8,9 @@ so loading against a different model is caught.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any
 
 from mpsearch.artifacts import read_json, write_json
 from mpsearch.errors import PolicyError
@@ -23,8 +24,8 @@ PATTERN_PREFIX = "re:"
 
 
 class Policy:
-    def __init__(self, rules: Mapping[str, Optional[QuantConfig | dict]], site_names: Iterable[str] | None = None):
-        self.rules: dict[str, Optional[QuantConfig]] = {}
+    def __init__(self, rules: Mapping[str, QuantConfig | dict | None], site_names: Iterable[str] | None = None):
+        self.rules: dict[str, QuantConfig | None] = {}
         for key, cfg in rules.items():
             if isinstance(cfg, dict):
                 try:
@@ -42,10 +43,10 @@ class Policy:
         self.site_names = list(site_names) if site_names is not None else None
 
     @classmethod
-    def uniform(cls, config: QuantConfig, site_names: Iterable[str] | None = None) -> "Policy":
+    def uniform(cls, config: QuantConfig, site_names: Iterable[str] | None = None) -> Policy:
         return cls({DEFAULT_KEY: config}, site_names)
 
-    def resolve(self, site_name: str) -> Optional[QuantConfig]:
+    def resolve(self, site_name: str) -> QuantConfig | None:
         if site_name in self.rules:
             return self.rules[site_name]
         for key, cfg in self.rules.items():
@@ -53,10 +54,10 @@ class Policy:
                 return cfg
         return self.rules.get(DEFAULT_KEY)
 
-    def resolve_all(self, sites: Iterable[Site]) -> dict[str, Optional[QuantConfig]]:
+    def resolve_all(self, sites: Iterable[Site]) -> dict[str, QuantConfig | None]:
         return {s.name: self.resolve(s.name) for s in sites}
 
-    def validate(self, sites: list[Site], methods: Iterable[str] | None = None) -> "Policy":
+    def validate(self, sites: list[Site], methods: Iterable[str] | None = None) -> Policy:
         """Check every key names a site (or a pattern matching one) and every method is registered."""
         names = [s.name for s in sites]
         known = set(names)
@@ -91,7 +92,7 @@ class Policy:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<policy>") -> "Policy":
+    def from_dict(cls, data: Any, source: str = "<policy>") -> Policy:
         if not isinstance(data, dict) or data.get("_type") != POLICY_TYPE:
             raise PolicyError(f"{source} is not an mpsearch policy (no '_type: {POLICY_TYPE}'); "
                               "write one with `mpsearch export`.")
@@ -110,7 +111,7 @@ class Policy:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Policy":
+    def load(cls, path: str | Path) -> Policy:
         path = Path(path)
         if not path.is_file():
             raise PolicyError(f"Policy file '{path}' does not exist; create one with `mpsearch export`.")

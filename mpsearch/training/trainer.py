@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -38,9 +39,9 @@ def _lr_factor(progress: float, warmup_fraction: float) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, rest)))
 
 
-def train(task: "Task", cfg: TrainConfig, checkpoint: Optional[Path] = None, progress: bool = True,
-          on_eval: Optional[Callable[[int, dict], None]] = None, extra_loss: Optional[Callable[[], torch.Tensor]] = None,
-          after_step: Optional[Callable[[int], None]] = None) -> TrainResult:
+def train(task: Task, cfg: TrainConfig, checkpoint: Path | None = None, progress: bool = True,
+          on_eval: Callable[[int, dict], None] | None = None, extra_loss: Callable[[], torch.Tensor] | None = None,
+          after_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train `task.model` in place. With `checkpoint`, resume from it if present and save to it every
     `cfg.checkpoint_every` steps and at the end, so a kill loses at most that many steps.
 
