@@ -165,6 +165,14 @@ class NNAModule:
         """Build what depends only on the frozen scales (lookup tables, fixed multipliers)."""
 
     # --- integer forward ---------------------------------------------------------------------
+    def calibration_forward(self, inputs: tuple[Tensor, ...], float_fn, observe: bool = True) -> Tensor:
+        """The float forward while calibrating, recording where each input comes from and the output range."""
+        for port, x in enumerate(inputs):
+            self.see_input(port, x)
+        out = float_fn(*inputs)
+        self.see_output(out, observe=observe)
+        return out
+
     def check_ready(self) -> bool:
         """True while calibrating (run float); raises before calibration."""
         if self.phase == "frozen":
@@ -258,10 +266,7 @@ class _Affine(NNAWeighted):
 
     def forward(self, input: Tensor) -> Tensor:
         if self.check_ready():
-            self.see_input(0, input)
-            out = self.float_op(input, self.quantized("weight"))
-            self.see_output(out)
-            return out
+            return self.calibration_forward((input,), lambda x: self.float_op(x, self.quantized("weight")))
         p = self.integer_params()
         with torch.no_grad():
             acc = self.integer_op(self.input_codes(input), p["weight"])
@@ -349,9 +354,8 @@ class NNAEmbedding(NNAWeighted, nn.Embedding):
 
     def forward(self, input: Tensor) -> Tensor:
         if self.check_ready():
-            out = F.embedding(input, self.quantized("weight"), self.padding_idx)
-            self.see_output(out, observe=False)
-            return out
+            return self.calibration_forward(
+                (), lambda: F.embedding(input, self.quantized("weight"), self.padding_idx), observe=False)
         p = self.integer_params()
         with torch.no_grad():
             rows = p["weight"].to(torch.int64)[input]
@@ -408,11 +412,7 @@ class NNAAdd(NNAOp):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         if self.check_ready():
-            self.see_input(0, a)
-            self.see_input(1, b)
-            out = self.float_op(a, b)
-            self.see_output(out)
-            return out
+            return self.calibration_forward((a, b), self.float_op)
         p = self.integer_params()
         with torch.no_grad():
             codes = requantize_sum([self.input_codes(a, 0), self.input_codes(b, 1)], list(p["multipliers"]),
@@ -458,10 +458,7 @@ class NNALookup(NNAOp):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.check_ready():
-            self.see_input(0, x)
-            out = self.float_fn(x)
-            self.see_output(out, observe=not self.bounded)
-            return out
+            return self.calibration_forward((x,), self.float_fn, observe=not self.bounded)
         with torch.no_grad():
             codes = self.lut[self.input_codes(x) - self.numerics.act_range[0]]
         return self.emit(codes, self.out_scale, self.float_fn(x) if _grad_wanted() else None)

@@ -97,10 +97,7 @@ class NNALayerNorm(NNAModule, nn.LayerNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.check_ready():
-            self.see_input(0, x)
-            out = self.float_op(x)
-            self.see_output(out)
-            return out
+            return self.calibration_forward((x,), self.float_op)
         p = self.integer_params()
         with torch.no_grad():
             # gamma and beta broadcast over the dims after the normalised one.
@@ -140,11 +137,7 @@ class _Product(NNAOp):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         if self.check_ready():
-            self.see_input(0, a)
-            self.see_input(1, b)
-            out = self.float_op(a, b)
-            self.see_output(out)
-            return out
+            return self.calibration_forward((a, b), self.float_op)
         p = self.integer_params()
         n = self.numerics
         with torch.no_grad():
@@ -234,10 +227,7 @@ class NNASoftmax(NNAOp):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.check_ready():
-            self.see_input(0, x)
-            out = self.float_op(x, mask)
-            self.see_output(out)
-            return out
+            return self.calibration_forward((x,), lambda x: self.float_op(x, mask))
         with torch.no_grad():
             codes = self.input_codes(x)
             valid = torch.ones_like(codes) if mask is None else mask.expand(codes.shape)
@@ -284,10 +274,7 @@ class NNARotary(NNAOp):
         if x.shape[-1] % 2:
             raise NNAError(f"Rotary positions need an even last dim; got {x.shape[-1]}.")
         if self.check_ready():
-            self.see_input(0, x)
-            out = self.float_op(x)
-            self.see_output(out)
-            return out
+            return self.calibration_forward((x,), self.float_op)
         p = self.integer_params()
         with torch.no_grad():
             cos, sin = self.tables(x.shape[-2], x.shape[-1], x.device)
@@ -336,10 +323,7 @@ class NNAGLU(NNAOp):
         if x.shape[self.dim] % 2:
             raise NNAError(f"GLU halves dim {self.dim}, which has odd size {x.shape[self.dim]}.")
         if self.check_ready():
-            self.see_input(0, x)
-            out = F.glu(x, self.dim)
-            self.see_output(out)
-            return out
+            return self.calibration_forward((x,), lambda x: F.glu(x, self.dim))
         p = self.integer_params()
         n = self.numerics
         with torch.no_grad():
