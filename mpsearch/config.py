@@ -115,6 +115,98 @@ class HardwareConfig(Section):
     workload: dict[str, Any] = Field(default_factory=dict, description="hardware.Workload fields: one utterance")
 
 
+def _finetune_default() -> TrainConfig:
+    return TrainConfig(max_steps=40, lr=1e-4, warmup_steps=0, eval_every=1_000_000, checkpoint_every=1_000_000,
+                       augment=False)
+
+
+class WarmStartConfig(Section):
+    """Trials enqueued before the sampler's own. The uniform-precision policies are always enqueued:
+    they are the reference every front must beat."""
+
+    ilp: int = Field(4, ge=0, description="ILP candidates from a latency budget sweep over the sensitivity report")
+    supernet: bool = Field(False, description="enqueue the supernet's lambda-sweep policies (`mpsearch supernet`)")
+
+
+OBJECTIVES = ("wer", "cer", "perplexity", "latency_ms", "size_bytes", "avg_weight_bits")
+
+
+class SearchConfig(Section):
+    """The trials: a search space, a sampler, and how each trial fine-tunes and is scored."""
+
+    space: str | None = Field(None, description="search space YAML (see search_spaces/)")
+    backend: Literal["optuna", "ray"] = "optuna"
+    sampler: Literal["nsga2", "tpe", "random", "gp"] = "nsga2"
+    objectives: tuple[str, ...] = Field(("wer", "latency_ms"), min_length=2, description="all minimised")
+    trials: int = Field(20, ge=1, description="complete trials wanted, warm-start trials included")
+    workers: int = Field(1, ge=1, description="trials run at once")
+    storage: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<study dir>/optuna.db")
+    address: str | None = Field(None, description="ray backend: a running Ray cluster; default a local Ray")
+    emulation: Literal["nna", "none"] = Field("nna", description="nna: the chip's integer arithmetic in training")
+    finetune: TrainConfig = Field(default_factory=_finetune_default,
+                                  description="QAT fine-tune of each trial from the float baseline")
+    calibration_batches: int = Field(4, ge=1, description="train batches that set the activation ranges")
+    eval_split: Literal["dev", "test"] = "dev"
+    eval_utterances: int | None = Field(None, ge=1, description="score trials on a fixed seeded subset of the "
+                                                                "eval split; default all of it")
+    seed: int = 0
+    warm_start: WarmStartConfig = WarmStartConfig()
+    reference_point: dict[str, float] = Field(
+        default_factory=dict, description="hypervolume reference per objective; default: WER 1.0, the others "
+                                          "1.1 x the uniform 8-bit policy's")
+    heartbeat_seconds: int = Field(60, ge=1, description="a trial silent this long is stale and re-run")
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [o for o in value if o not in OBJECTIVES]
+        if bad or len(set(value)) != len(value):
+            raise ValueError(f"must be distinct names from {', '.join(OBJECTIVES)}")
+        return value
+
+    @field_validator("reference_point")
+    @classmethod
+    def _reference_names_objectives(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [o for o in value if o not in OBJECTIVES]
+        if bad:
+            raise ValueError(f"keys must be objectives ({', '.join(OBJECTIVES)})")
+        return value
+
+
+class SupernetConfig(Section):
+    """The differentiable mixed-precision supernet (mpsearch.supernet): one short search per lambda.
+
+    Each lambda prices the expected latency in units of task loss per the search space's whole latency
+    range (its all-widest minus its all-narrowest policy), so lambda = 1 trades that range for one unit
+    of loss on any model and profile; `size_weight` does the same for the expected weight size."""
+
+    lambdas: tuple[float, ...] = Field((0.0, 0.1, 0.3, 1.0, 3.0), min_length=1,
+                                       description="latency weights swept, one derived policy each")
+    steps: int = Field(60, ge=1, description="steps per lambda; a step is one weight update and one logit "
+                                             "update, on separate batches")
+    warmup_steps: int = Field(0, ge=0, description="weight-only steps before the logits start to move")
+    weight_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the shared float weights")
+    arch_lr: float = Field(0.05, gt=0, description="Adam learning rate of the architecture logits")
+    temperature_start: float = Field(5.0, gt=0, description="softmax temperature at the first step")
+    temperature_end: float = Field(0.5, gt=0, description="temperature at the last step (geometric anneal)")
+    gumbel: bool = Field(True, description="mix by Gumbel-softmax samples (seeded) rather than the softmax")
+    size_weight: float = Field(0.0, ge=0, description="weight of the expected weight size, per the space's "
+                                                      "size range")
+    grad_clip: float = Field(5.0, gt=0)
+    max_batch_frames: int | None = Field(None, ge=100, description="frames per batch; None: the data "
+                                                                   "section's max_batch_frames")
+    quantize_activations: bool = Field(False, description="train under each group's first act_bits (slower: "
+                                                          "the LSTMs leave the fused kernel)")
+    seed: int = 0
+
+    @field_validator("lambdas")
+    @classmethod
+    def _lambdas_not_negative(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(v < 0 for v in value):
+            raise ValueError("must hold numbers >= 0")
+        return value
+
+
 class StudyConfig(Section):
     name: str
     output_dir: str | None = None
@@ -123,6 +215,8 @@ class StudyConfig(Section):
     train: TrainConfig = TrainConfig()
     hardware: HardwareConfig = HardwareConfig()
     sensitivity: SensitivityConfig = SensitivityConfig()
+    search: SearchConfig = SearchConfig()
+    supernet: SupernetConfig = SupernetConfig()
 
     @field_validator("name")
     @classmethod

@@ -74,6 +74,16 @@ class Study:
 
         return find_sites(self.new_model())
 
+    def search_space(self):
+        """The study's SearchSpace (`search.space`), checked against the model's sites."""
+        from mpsearch.errors import ConfigError
+        from mpsearch.search.space import SearchSpace
+
+        if not self.cfg.search.space:
+            raise ConfigError(f"The study '{self.cfg.name}' has no search.space; set it to a search space YAML "
+                              "such as search_spaces/rnnt_groups.yaml.")
+        return SearchSpace.from_yaml(self.cfg.search.space, self.sites())
+
     def latency_model(self):
         """The study's hardware profile and workload as a RooflineLatencyModel."""
         from mpsearch.hardware import RooflineLatencyModel, Workload, load_profile

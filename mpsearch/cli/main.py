@@ -16,6 +16,7 @@ _COMMAND_MODULES = [
     "mpsearch.cli.sensitivity",
     "mpsearch.cli.latency",
     "mpsearch.cli.hardware",
+    "mpsearch.cli.search",
 ]
 
 

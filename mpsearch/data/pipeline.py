@@ -6,6 +6,7 @@ settings, so the next epoch and the next trial read them instead of recomputing.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
@@ -58,6 +59,17 @@ class FeatureSet:
             return normalize_utterance(feats)
         mean, std = self.global_stats
         return (feats - mean) / std
+
+    def subset(self, count: int | None, seed: int = 0) -> FeatureSet:
+        """A fixed seeded random `count` of the utterances (all of them when None or larger)."""
+        if not count or count >= len(self):
+            return self
+        keep = sorted(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].tolist())
+        part = copy.copy(self)
+        part.raw = [self.raw[i] for i in keep]
+        part.texts = [self.texts[i] for i in keep]
+        part.tokens = [self.tokens[i] for i in keep]
+        return part
 
     def frames(self) -> list[int]:
         return [f.shape[0] for f in self.raw]

@@ -1,0 +1,70 @@
+"""`mpsearch search` and `mpsearch resume`: run or continue a study's trials."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+_DESCRIPTION = (
+    "Run the study's mixed-precision search: train the float baseline if missing, compute the sensitivity "
+    "report and the ILP candidates, enqueue the uniform-precision policies (the reference every front must "
+    "beat), then run trials until the study's storage holds the requested number of complete ones. Each "
+    "trial applies a policy from the search space under NNA emulation, fine-tunes it from the baseline and "
+    "scores WER and modelled latency. Trials live in an Optuna RDB storage (SQLite in the study folder by "
+    "default): re-running the same command after a crash continues where it stopped and never re-runs a "
+    "finished trial.")
+
+
+def add_parser(subparsers) -> None:
+    from mpsearch.search.engine import BACKENDS
+
+    for name, help_text in (("search", "run a study's trials (continues a stored study)"),
+                            ("resume", "continue a stored study after a crash (same as search)")):
+        parser = subparsers.add_parser(
+            name, help=help_text, description=_DESCRIPTION,
+            epilog="examples:\n  mpsearch search studies/quickstart.yaml\n"
+                   "  mpsearch search studies/rnnt_ray.yaml --backend ray --workers 2\n"
+                   "  mpsearch search studies/rnnt_ray.yaml --backend ray --address ray://head:10001\n"
+                   "then:  mpsearch front STUDY.yaml;  mpsearch export STUDY.yaml --pick knee --out policy.json",
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+        parser.add_argument("--backend", choices=BACKENDS, help="override search.backend (default optuna)")
+        parser.add_argument("--trials", type=int, help="complete trials wanted in total, warm starts included "
+                                                       "(default search.trials)")
+        parser.add_argument("--workers", type=int, help="trials run at once (default search.workers)")
+        parser.add_argument("--address", help="Ray cluster address (ray backend); default a local Ray")
+        parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        parser.set_defaults(func=run, require_stored=name == "resume")
+
+
+def run(args) -> int:
+    from mpsearch.config import StudyConfig
+    from mpsearch.errors import ConfigError
+    from mpsearch.search.engine import run_search
+    from mpsearch.search.optuna_backend import complete_count
+    from mpsearch.study import Study
+
+    for name in ("trials", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be at least 1; got {value}.")
+    cfg = StudyConfig.from_yaml(args.study)
+    if args.require_stored:
+        from mpsearch.search.storage import load_trials_study
+
+        load_trials_study(cfg)
+    study = Study(cfg, progress=not args.no_progress)
+    trials_study = run_search(study, backend=args.backend, trials=args.trials, workers=args.workers,
+                              address=args.address)
+    from optuna.trial import TrialState
+
+    failed = trials_study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    complete = complete_count(trials_study)
+    wanted = args.trials or cfg.search.trials
+    print(f"{complete} complete trials ({len(failed)} failed) in study '{cfg.name}'")
+    if complete < wanted:
+        reason = failed[-1].user_attrs.get("fail_reason", "see the log") if failed else "stopped early"
+        print(f"error: only {complete} of {wanted} trials completed; last failure: {reason}", file=sys.stderr)
+        return 1
+    print(f"next:  mpsearch front {args.study}")
+    return 0

@@ -1,0 +1,51 @@
+"""A tiny but real study for the search tests: the session's synthesized corpus, a very small RNN-T, a
+few training steps, NNA emulation, SQLite storage in the test's folder."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+TINY_SPACE = {
+    "groups": {
+        "encoder": {"sites": ["frontend.*", "encoder.*"], "weight_bits": [4, 8]},
+        "rest": {"sites": ["predictor.*", "joiner.*"], "weight_bits": [4, 8]},
+    }
+}
+
+
+def tiny_study_dict(tmp_path, corpus, **search) -> dict:
+    space = tmp_path / "space.yaml"
+    if not space.exists():
+        space.write_text(yaml.safe_dump(TINY_SPACE))
+    return {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "study"),
+        "data": {"corpus": "manifest", "train": str(corpus.manifests["train"]), "dev": str(corpus.manifests["dev"]),
+                 "test": str(corpus.manifests["test"]), "max_batch_frames": 3000,
+                 "features": {"n_mels": 16}},
+        "model": {"name": "rnnt", "params": {"frontend_dim": 8, "enc_hidden": 12, "enc_layers": 1, "pred_embed": 6,
+                                             "pred_hidden": 12, "joint_dim": 10, "dropout": 0.0}},
+        "train": {"max_steps": 3, "warmup_steps": 0, "eval_every": 100, "threads": 1},
+        "sensitivity": {"batches": 1, "min_probes": 2, "max_probes": 4, "bits": [4, 8]},
+        "search": {"space": str(space), "trials": 4, "calibration_batches": 1, "eval_utterances": 4,
+                   "warm_start": {"ilp": 1}, "finetune": {"max_steps": 1, "warmup_steps": 0, "threads": 1},
+                   **search},
+    }
+
+
+def write_study(tmp_path, corpus, **search):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tiny_study_dict(tmp_path, corpus, **search)))
+    return path
+
+
+@pytest.fixture
+def tiny_study_yaml(tmp_path, synth_corpus):
+    return write_study(tmp_path, synth_corpus)
+
+
+@pytest.fixture
+def make_study(tmp_path, synth_corpus):
+    """write_study for this test's folder: make_study(**search_overrides) -> the study YAML's path."""
+    return lambda **search: write_study(tmp_path, synth_corpus, **search)
