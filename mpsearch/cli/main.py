@@ -17,6 +17,7 @@ _COMMAND_MODULES = [
     "mpsearch.cli.latency",
     "mpsearch.cli.hardware",
     "mpsearch.cli.search",
+    "mpsearch.cli.front",
 ]
 
 

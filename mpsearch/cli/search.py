@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
             epilog="examples:\n  mpsearch search studies/quickstart.yaml\n"
                    "  mpsearch search studies/rnnt_ray.yaml --backend ray --workers 2\n"
                    "  mpsearch search studies/rnnt_ray.yaml --backend ray --address ray://head:10001\n"
-                   "then:  mpsearch front STUDY.yaml;  mpsearch export STUDY.yaml --pick knee --out policy.json",
+                   "It ends by writing the front (front.csv, front.png, front.json) and the knee's policy\n"
+                   "(knee-policy.json) in the study folder; `mpsearch front` and `mpsearch export` read them again.",
             formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
         parser.add_argument("--backend", choices=BACKENDS, help="override search.backend (default optuna)")
@@ -66,5 +67,14 @@ def run(args) -> int:
         reason = failed[-1].user_attrs.get("fail_reason", "see the log") if failed else "stopped early"
         print(f"error: only {complete} of {wanted} trials completed; last failure: {reason}", file=sys.stderr)
         return 1
-    print(f"next:  mpsearch front {args.study}")
+    from mpsearch.cli.front import print_front
+    from mpsearch.search.front_files import KNEE_POLICY
+    from mpsearch.search.pick import pick_trial
+
+    table = print_front(cfg)
+    knee = pick_trial(table, pick="knee")
+    knee.policy.save(study.dir / KNEE_POLICY)
+    print(f"knee of the front: trial {knee.number}, policy written to {study.dir / KNEE_POLICY}")
+    print(f"next:  mpsearch train {args.study} --policy {study.dir / KNEE_POLICY}   "
+          f"(or `mpsearch export` another trial)")
     return 0

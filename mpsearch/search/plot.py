@@ -1,0 +1,71 @@
+"""front.png: every complete trial, the uniform-precision points labelled with their bits, and the front
+as a step line, in the first two objectives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mpsearch.artifacts import atomic_path
+from mpsearch.search.pareto import non_dominated
+
+if TYPE_CHECKING:
+    from mpsearch.search.pareto import FrontTable
+
+AXIS_LABELS = {
+    "wer": "WER (dev)",
+    "cer": "CER (dev)",
+    "perplexity": "perplexity",
+    "latency_ms": "modelled latency (ms per utterance)",
+    "size_bytes": "weight size (bytes)",
+    "avg_weight_bits": "average weight bits",
+}
+
+
+def plot_front(table: FrontTable, path: str | Path) -> None:
+    """Write the front of `table` to `path` (PNG); with more than two objectives, the first two are drawn
+    and the front trials of all objectives are highlighted."""
+    # A bare Figure on the Agg canvas leaves pyplot's global backend and figure list alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x_name, y_name = table.objectives[:2]
+    frame = table.frame
+    fig = Figure(figsize=(7.5, 5.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.scatter(frame[x_name], frame[y_name], s=18, color="0.65", label="complete trials", zorder=2)
+
+    front = table.front
+    ax.scatter(front[x_name], front[y_name], s=36, color="tab:blue", label="front", zorder=3)
+    # The staircase joins the points no other point beats in the two drawn objectives.
+    drawn = front[[x_name, y_name]].to_numpy(dtype=float)
+    if len(drawn):
+        stairs = drawn[non_dominated(drawn)]
+        stairs = stairs[np.lexsort((stairs[:, 1], stairs[:, 0]))]
+        ax.step(stairs[:, 0], stairs[:, 1], where="post", color="tab:blue", linewidth=1.2, zorder=3)
+
+    uniform = frame[frame["origin"].astype(str).str.startswith("uniform-")]
+    if len(uniform):
+        ax.scatter(uniform[x_name], uniform[y_name], s=60, marker="s", facecolors="none",
+                   edgecolors="tab:red", linewidths=1.5, label="uniform precision", zorder=4)
+        for _, row in uniform.iterrows():
+            bits = str(row["origin"]).removeprefix("uniform-")
+            ax.annotate(f"{bits}-bit", (row[x_name], row[y_name]), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8, color="tab:red")
+
+    ax.set_xlabel(AXIS_LABELS.get(x_name, x_name))
+    ax.set_ylabel(AXIS_LABELS.get(y_name, y_name))
+    reference = ", ".join(f"{o}={v:.4g}" for o, v in table.reference.as_dict().items())
+    title = (f"{table.study_name}: {len(front)} of {len(frame)} points on the front, hypervolume "
+             f"{table.hypervolume:.4g}\nreference point ({reference})")
+    if len(table.objectives) > 2:
+        title += f"; showing {x_name} and {y_name}"
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, linewidth=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
