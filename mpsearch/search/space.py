@@ -97,7 +97,7 @@ class SearchSpace:
             raise fail((), "a search space needs 'groups:', a mapping of group name -> sites and choices.")
         unknown = set(data) - {"groups", "rest"}
         if unknown:
-            raise fail((sorted(unknown)[0],), f"unknown key '{sorted(unknown)[0]}'; valid keys: groups, rest.")
+            raise fail((min(unknown),), f"unknown key '{min(unknown)}'; valid keys: groups, rest.")
         if methods is None:
             from mpsearch.quant.quantizers import QUANTIZERS
 

@@ -46,8 +46,8 @@ def open_storage(cfg: StudyConfig, heartbeat: bool = False) -> optuna.storages.R
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if heartbeat:
         interval = max(1, cfg.search.heartbeat_seconds // 3)
-        kwargs = dict(heartbeat_interval=interval, grace_period=cfg.search.heartbeat_seconds,
-                      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        kwargs = {"heartbeat_interval": interval, "grace_period": cfg.search.heartbeat_seconds,
+                      "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
     url = storage_url(cfg)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -115,4 +117,5 @@ def test_the_shipped_spaces_fit_their_models():
     rnnt = find_sites(build_model(ModelConfig(name="rnnt", params={"enc_hidden": 16, "joint_dim": 8}), 30, 80))
     space = SearchSpace.from_yaml("search_spaces/rnnt_groups.yaml", rnnt)
     assert sum(len(g.sites) for g in space.groups) == len(rnnt)
-    assert yaml.safe_load(open("search_spaces/rnnt_groups.yaml"))["groups"].keys() == {"encoder", "predictor", "joiner"}
+    groups = yaml.safe_load(Path("search_spaces/rnnt_groups.yaml").read_text())["groups"]
+    assert groups.keys() == {"encoder", "predictor", "joiner"}
