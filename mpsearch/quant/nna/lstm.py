@@ -24,14 +24,21 @@ from torch.nn.utils.rnn import PackedSequence
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.modules import QuantLSTM
 from mpsearch.quant.nna.errors import NNAError
-from mpsearch.quant.nna.modules import NNAWeighted, act_scale, integer_matmul, multipliers
+from mpsearch.quant.nna.modules import (
+    MAX_PRODUCT,
+    NNAWeighted,
+    act_scale,
+    exact_matmul_dtype,
+    integer_matmul,
+    lookup,
+    multipliers,
+)
 from mpsearch.quant.nna.numerics import (
     LUT_FUNCTIONS,
     LUT_INPUT_CAPS,
     NNANumerics,
     build_lut,
-    requantize,
-    requantize_sum,
+    rounding_shift,
     saturate,
 )
 from mpsearch.quant.parts import MIN_SCALE
@@ -170,51 +177,40 @@ class NNALSTM(NNAWeighted, QuantLSTM):
         }
 
     def _integer(self, x: Tensor, hx: tuple[Tensor, Tensor] | None):
-        n, hidden = self.numerics, self.hidden_size
-        lo, table = n.act_range[0], 1 << n.activation_bits
+        n = self.numerics
         batch = x.shape[0]
         grad = torch.is_grad_enabled()
         codes = self.input_codes(x)
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             p = self.layer_params(layer)
-            s_h, s_c = self.hidden_scales[layer], self.cell_scales[layer]
+            last = layer == self.num_layers - 1
+            # The last layer's output is on out_scale (equal to its hidden scale), so consumers reuse its codes.
+            s_h, s_c = (self.out_scale if last else self.hidden_scales[layer]), self.cell_scales[layer]
             h, c = self._initial_float(hx, layer, batch, x)
             with torch.no_grad():
                 h_q = saturate(torch.round(h.detach() / s_h).to(torch.int64), n.act_range)
                 c_q = saturate(torch.round(c.detach() / s_c).to(torch.int64), n.cell_range)
                 acc_x = saturate(integer_matmul(codes, p["weight_ih"]) + p["bias"], n.acc_range)
-                # Gate k's table starts at k * table in the flattened (4, table) LUT.
-                offsets = torch.arange(4 * hidden, device=x.device) // hidden * table - lo
-                luts = p["gate_luts"].reshape(-1)
+                codes, cells = integer_recurrence(acc_x, h_q, c_q, p, n, all_cells=grad)
+                y = self.emit(codes, s_h, None)
             if grad:
                 projected = F.linear(x, self.quantized(f"weight_ih_l{layer}"), self._float_bias(layer))
-                w_hh_t = self.quantized(f"weight_hh_l{layer}").t()
-            outputs, floats = [], []
-            for t in range(x.shape[1]):
+                w_hh = self.quantized(f"weight_hh_l{layer}")
                 with torch.no_grad():
-                    acc_h = saturate(integer_matmul(h_q, p["weight_hh"]), n.acc_range)
-                    pre = requantize_sum([acc_x[:, t], acc_h], list(p["gate_multipliers"]), p["gate_shift"],
-                                         n.rounding, n.act_range)
-                    i, f, g, o = luts[pre + offsets].chunk(4, dim=-1)
-                    c_q = requantize_sum([f * c_q, i * g], list(p["cell_multipliers"]), p["cell_shift"],
-                                         n.rounding, n.cell_range)
-                    c8 = requantize(c_q, p["cell_tanh_multiplier"], p["cell_tanh_shift"], n.rounding,
-                                    n.act_range)
-                    h_q = requantize(o * p["cell_lut"][c8 - lo], p["hidden_multiplier"], p["hidden_shift"],
-                                     n.rounding, n.act_range)
-                outputs.append(h_q)
-                if grad:
-                    # The float cell evaluated at the chip's states carries the gradient.
-                    h_f, c_f = _float_cell(projected[:, t] + h @ w_hh_t, c, hidden)
-                    h, c = self.emit(h_q, s_h, h_f), self.emit(c_q, s_c, c_f)
-                    floats.append(h)
-            codes = torch.stack(outputs, dim=1)
-            x = torch.stack(floats, dim=1) if grad else self.emit(codes, s_h, None)
-            if not grad:
-                h, c = self.emit(h_q, s_h, None), self.emit(c_q, s_c, None)
-            h_n.append(h)
-            c_n.append(c)
+                    c_values = self.emit(cells, s_c, None)
+                # The float cell evaluated at the chip's states carries the gradient (straight-through).
+                y_codes = y._nna_codes if hasattr(y, "_nna_codes") else None
+                y, c_last = SurrogateLSTMLayer.apply(projected, w_hh, h, c, y, c_values)
+                if y_codes is not None:
+                    y._nna_codes = y_codes._replace(version=y._version)
+                x = y
+                h_n.append(y[:, -1])
+                c_n.append(c_last)
+            else:
+                x = y
+                h_n.append(y[:, -1])
+                c_n.append(self.emit(cells, s_c, None))
         return x, torch.stack(h_n), torch.stack(c_n)
 
     # --- shared ------------------------------------------------------------------------------
@@ -251,6 +247,122 @@ class NNALSTM(NNAWeighted, QuantLSTM):
         if not batched:
             return output.squeeze(0 if self.batch_first else 1), (h_n.squeeze(1), c_n.squeeze(1))
         return output, (h_n, c_n)
+
+
+def _round_shift(total: Tensor, shift, half, rounding: str) -> Tensor:
+    """rounding_shift of a fresh int64 tensor, in place for half_up (`half` = 2^(shift-1))."""
+    if rounding == "half_up":
+        return total.add_(half).bitwise_right_shift_(shift)
+    return rounding_shift(total, shift, rounding)
+
+
+def integer_recurrence(acc_x: Tensor, h_q: Tensor, c_q: Tensor, p: Mapping[str, Tensor], n: NNANumerics,
+                       all_cells: bool) -> tuple[Tensor, Tensor]:
+    """The chip's LSTM cell over all steps of one layer (see the module docstring), from the input
+    accumulators acc_x (B, T, 4H) and the initial codes h_q, c_q (B, H).
+
+    Returns the hidden codes (B, T, H) and the cell codes (B, T, H) if `all_cells`, else the last
+    (B, H). The same integers as the primitives of `numerics` compose, with the step-independent
+    work (input terms scaled by their multipliers, weights as exact float32) hoisted out of the loop
+    and the per-step arithmetic on int64 in place.
+    """
+    batch, steps, rows = acc_x.shape
+    hidden = rows // 4
+    lo, hi = n.act_range
+    table = 1 << n.activation_bits
+    (m_ih, m_hh), gate_shift = p["gate_multipliers"], p["gate_shift"]
+    gate_half = (torch.ones_like(gate_shift) << gate_shift) >> 1
+    m_fc, m_ig = (int(v) for v in p["cell_multipliers"])
+    cell_shift, ct_shift, h_shift = int(p["cell_shift"]), int(p["cell_tanh_shift"]), int(p["hidden_shift"])
+    m_ct, m_h = int(p["cell_tanh_multiplier"]), int(p["hidden_multiplier"])
+    cell_half, ct_half, h_half = (1 << cell_shift) >> 1, (1 << ct_shift) >> 1, (1 << h_shift) >> 1
+    # The input term of every step at once; half_up's rounding constant rides on it.
+    x_terms = acc_x * m_ih
+    if n.rounding == "half_up":
+        x_terms += gate_half
+    # Gate k's table starts at k * table in the flattened (4, table) LUT; the offset also removes lo.
+    offsets = torch.arange(rows, device=acc_x.device) // hidden * table - lo
+    luts, cell_lut = p["gate_luts"].reshape(-1), p["cell_lut"]
+    w_dtype = exact_matmul_dtype(hidden, acc_x.device)
+    w_hh_t = p["weight_hh"].to(w_dtype).t().contiguous()
+    # W_hh h can exceed the accumulator only for narrow accumulators.
+    acc_saturates = hidden * MAX_PRODUCT > n.acc_range[1]
+    hs = torch.empty(batch, steps, hidden, dtype=torch.int64, device=acc_x.device)
+    cs = torch.empty(batch, steps, hidden, dtype=torch.int64, device=acc_x.device) if all_cells else None
+    h_float = h_q.to(w_dtype)
+    for t in range(steps):
+        acc_h = torch.mm(h_float, w_hh_t).to(torch.int64)
+        if acc_saturates:
+            acc_h.clamp_(*n.acc_range)
+        pre = acc_h.mul_(m_hh).add_(x_terms[:, t])
+        pre = pre.bitwise_right_shift_(gate_shift) if n.rounding == "half_up" else \
+            rounding_shift(pre, gate_shift, n.rounding)
+        gates = lookup(luts, pre.clamp_(lo, hi).add_(offsets))
+        i, f, g, o = gates.split(hidden, dim=1)
+        total = (f * c_q).mul_(m_fc).add_((i * g).mul_(m_ig))
+        c_q = _round_shift(total, cell_shift, cell_half, n.rounding).clamp_(*n.cell_range)
+        c8 = _round_shift(c_q * m_ct, ct_shift, ct_half, n.rounding).clamp_(lo, hi)
+        h_q = _round_shift((o * lookup(cell_lut, c8.sub_(lo))).mul_(m_h), h_shift, h_half, n.rounding)
+        h_q = h_q.clamp_(lo, hi)
+        hs[:, t] = h_q
+        if all_cells:
+            cs[:, t] = c_q
+        h_float = h_q.to(w_dtype)
+    return hs, (cs if all_cells else c_q)
+
+
+class SurrogateLSTMLayer(torch.autograd.Function):
+    """The chip's hidden and cell states forward, the float LSTM cell's gradients backward.
+
+    apply(projected (B, T, 4H) = x W_ih^T + b, w_hh (4H, H), h0, c0 (B, H), hidden values (B, T, H),
+    cell values (B, T, H)) -> (hidden values, last cell value). Step t's float cell is evaluated at the
+    chip's states h_{t-1}, c_{t-1}, and each chip state takes the gradient of the float state it
+    stands for (straight-through), as an unrolled `h = chip + (h_f - h_f.detach())` would: all
+    float cells at once forward, and one small matmul per step backward instead of an autograd
+    graph of a dozen nodes per step.
+    """
+
+    @staticmethod
+    def forward(ctx, projected: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, hidden_values: Tensor,
+                cell_values: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = w_hh.shape[1]
+        h_prev = torch.cat([h0[:, None].to(hidden_values.dtype), hidden_values[:, :-1]], dim=1)
+        c_prev = torch.cat([c0[:, None].to(cell_values.dtype), cell_values[:, :-1]], dim=1)
+        gates = torch.matmul(h_prev, w_hh.t()).add_(projected)
+        sig = torch.sigmoid(gates)
+        i, f, o = sig[..., :hidden], sig[..., hidden:2 * hidden], sig[..., 3 * hidden:]
+        g = torch.tanh(gates[..., 2 * hidden:3 * hidden])
+        tanh_c = torch.tanh(f * c_prev + i * g)
+        # d h_f / d c_f, d h_f / d o_pre, and d c_f / d (i, f, g)_pre: the per-step backward multiplies.
+        dh_dc = o * (1 - tanh_c * tanh_c)
+        dh_do = tanh_c * o * (1 - o)
+        dc_dgates = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=-1)
+        ctx.save_for_backward(w_hh, h_prev, f, dh_dc, dh_do, dc_dgates)
+        ctx.h0_shape, ctx.c0_shape = h0.shape, c0.shape
+        return hidden_values.view_as(hidden_values), cell_values[:, -1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_hidden: Tensor | None, grad_cell: Tensor | None):
+        w_hh, h_prev, f, dh_dc, dh_do, dc_dgates = ctx.saved_tensors
+        batch, steps, hidden = h_prev.shape
+        if grad_hidden is None:
+            grad_hidden = torch.zeros_like(h_prev)
+        d_gates = torch.empty(batch, steps, 4 * hidden, dtype=h_prev.dtype, device=h_prev.device)
+        dh_rec = torch.zeros(batch, hidden, dtype=h_prev.dtype, device=h_prev.device)
+        dc_rec = grad_cell.clone() if grad_cell is not None else torch.zeros_like(dh_rec)
+        for t in range(steps - 1, -1, -1):
+            dh = grad_hidden[:, t] + dh_rec
+            dc = torch.addcmul(dc_rec, dh, dh_dc[:, t])
+            step_grads = d_gates[:, t]
+            torch.mul(dc.repeat(1, 3), dc_dgates[:, t], out=step_grads[:, :3 * hidden])
+            torch.mul(dh, dh_do[:, t], out=step_grads[:, 3 * hidden:])
+            dc_rec = dc * f[:, t]
+            dh_rec = step_grads @ w_hh
+        flat = d_gates.reshape(-1, 4 * hidden)
+        grad_w_hh = flat.t() @ h_prev.reshape(-1, hidden) if ctx.needs_input_grad[1] else None
+        grad_h0 = dh_rec.reshape(ctx.h0_shape) if ctx.needs_input_grad[2] else None
+        grad_c0 = dc_rec.reshape(ctx.c0_shape) if ctx.needs_input_grad[3] else None
+        return d_gates, grad_w_hh, grad_h0, grad_c0, None, None
 
 
 def _float_cell(gates: Tensor, c: Tensor, hidden: int) -> tuple[Tensor, Tensor]:

@@ -9,9 +9,11 @@ most 16 bits). A module returns
     code * out_scale + (surrogate - surrogate.detach())
 
 whose value is the integer result and whose gradient is the float surrogate's (straight-through):
-the loss sees the chip's errors, the weights get the usual QAT gradients. Matmuls run as float64
-matmuls of integer-valued tensors, exact because |int8 * int8 * K| < 2^53; requantisation and lookup
-tables run on int64 tensors with the primitives of `numerics`, shared with the reference executor.
+the loss sees the chip's errors, the weights get the usual QAT gradients. Matmuls run as float
+matmuls of integer-valued tensors: float32 while |int8 * int8 * K| <= 2^24, else float64 (exact below
+2^53); requantisation and lookup tables run on int64 tensors with the primitives of `numerics`, shared
+with the reference executor (or in int32 where a bound proves the int64 result fits). Output codes
+ride along on the emitted tensor, so a consumer reads them back without dividing by the scale.
 
 Phases: "new" (apply() made it; using it raises), "calibrating" (float forward that observes ranges
 and traces which module produced each input), "frozen" (integer forward).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +41,7 @@ from mpsearch.quant.nna.numerics import (
     quantize_multipliers,
     requantize,
     requantize_sum,
+    rounding_shift,
     saturate,
 )
 from mpsearch.quant.parts import MIN_SCALE
@@ -68,9 +71,66 @@ def multipliers(reals: list[Tensor | float], numerics: NNANumerics,
     return [torch.from_numpy(m).to(device) for m in ms], torch.from_numpy(shift).to(device)
 
 
+# Operands of the integer matmuls are int8 codes (activations and weights are at most 8 bits), so
+# every product is at most 2^14 in magnitude.
+MAX_PRODUCT = 1 << 14
+# float32 holds every integer up to 2^24: a matmul whose partial sums stay below that is exact in
+# float32 whatever order the GEMM sums in (each product is exact, each partial sum an integer).
+FLOAT32_EXACT = 1 << 24
+
+
+def exact_matmul_dtype(inner: int, device: torch.device) -> torch.dtype:
+    """The cheapest float dtype in which an int8 x int8 matmul over `inner` terms is exact."""
+    if inner * MAX_PRODUCT > FLOAT32_EXACT or torch.is_autocast_enabled(device.type):
+        return torch.float64
+    # Reduced-precision float32 GEMMs (TF32, bf16 passes) round the operands; only full fp32 is exact.
+    if torch.get_float32_matmul_precision() != "highest":
+        return torch.float64
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return torch.float64
+    return torch.float32
+
+
 def integer_matmul(codes: Tensor, weight_codes: Tensor) -> Tensor:
-    """codes (..., K) @ weight_codes (N, K)^T exactly, as int64 (float64 is exact below 2^53)."""
-    return torch.matmul(codes.to(torch.float64), weight_codes.to(torch.float64).t()).to(torch.int64)
+    """codes (..., K) @ weight_codes (N, K)^T exactly, as int64 (in float32 while every partial sum
+    stays below 2^24, else float64, exact below 2^53)."""
+    dtype = exact_matmul_dtype(codes.shape[-1], codes.device)
+    return torch.matmul(codes.to(dtype), weight_codes.to(dtype).t()).to(torch.int64)
+
+
+INT32_MAX = (1 << 31) - 1
+
+
+def requantize_sum_narrow(terms: list[Tensor], multipliers: list[Tensor], shift: Tensor, rounding: str,
+                          bounds: tuple[int, int], term_peaks: list[int]) -> Tensor:
+    """`requantize_sum`, computed in int32 with in-place passes when that is provably exact.
+
+    `term_peaks[i]` bounds |terms[i]|. Each term is scaled by its multiplier before the terms broadcast
+    against each other (the products are as small as the terms), and half_up's rounding constant
+    rides on the first product, so the full-size tensor sees one add, one shift and one clamp. When
+    sum_i peak_i * M_i + 2^(shift-1) could reach 2^31 (or a shift exceeds 30), it falls back to the
+    int64 `requantize_sum`. The result has the int32 dtype on the fast path, int64 otherwise.
+    """
+    top_shift = int(shift.max()) if shift.numel() else 0
+    peak = sum(p * int(m.max()) for p, m in zip(term_peaks, multipliers)) + (1 << max(top_shift - 1, 0))
+    if peak > INT32_MAX or top_shift > 30 or int(shift.min()) < 0:
+        return requantize_sum(terms, multipliers, shift, rounding, bounds)
+    shift32 = shift.to(torch.int32)
+    scaled = [(t * m).to(torch.int32) for t, m in zip(terms, multipliers)]
+    if rounding == "half_up":
+        scaled[0] = scaled[0] + (((shift32 * 0 + 1) << shift32) >> 1)
+    total = scaled[0] + scaled[1] if len(scaled) > 1 else scaled[0].clone()
+    for term in scaled[2:]:
+        total.add_(term)
+    if rounding == "half_up":
+        return total.bitwise_right_shift_(shift32).clamp_(bounds[0], bounds[1])
+    return rounding_shift(total, shift32, rounding).clamp_(bounds[0], bounds[1])
+
+
+def lookup(table: Tensor, index: Tensor) -> Tensor:
+    """table[index] for a 1-D table (index_select on the flattened index: several times faster on CPU
+    than advanced indexing), in the table's dtype."""
+    return torch.index_select(table, 0, index.reshape(-1)).view(index.shape)
 
 
 class NNAModule:
@@ -183,8 +243,18 @@ class NNAModule:
                        "mpsearch.quant.nna.calibrate_nna(model, batches) on real data before using the "
                        "model.")
 
-    def input_codes(self, x: Tensor, port: int = 0) -> Tensor:
-        """The int64 codes of input `port`: exact for a producer's output, quantized for a model input."""
+    def input_codes(self, x: Tensor, port: int = 0, int64: bool = True) -> Tensor:
+        """The int64 codes of input `port`: exact for a producer's output, quantized for a model input.
+
+        With int64=False they may come as int32 (a producer's own codes, reused without a conversion
+        pass), for consumers whose arithmetic cannot overflow either way (tables, matmuls).
+        """
+        lo, hi = self.numerics.act_range
+        attached = _attached_codes(x, self.in_scales[port])
+        if attached is not None and not _checks["grid"]:
+            inside = lo <= attached.bounds[0] and attached.bounds[1] <= hi
+            codes = attached.codes if inside else saturate(attached.codes, (lo, hi))
+            return codes.to(torch.int64) if int64 else codes
         scale = self.in_scales[port].to(torch.float64)
         v = x.detach().to(torch.float64) / scale
         codes = torch.round(v)
@@ -193,14 +263,28 @@ class NNAModule:
             if off > GRID_TOLERANCE:
                 raise NNAError(f"Input {port} of '{self.nna_name}' is {off:.3g} codes off the grid of "
                                f"'{self.input_sources[port]}'; something between them changed it in float.")
-        return saturate(codes.to(torch.int64), self.numerics.act_range)
+        codes = saturate(codes.to(torch.int64), (lo, hi))
+        if attached is not None and not torch.equal(codes, saturate(attached.codes, (lo, hi))):
+            raise NNAError(f"The codes '{self.nna_name}' reused for input {port} differ from its float value; "
+                           "the code cache is stale.")
+        return codes
 
-    def emit(self, codes: Tensor, scale: Tensor, surrogate: Tensor | None) -> Tensor:
-        """code * scale in float32, carrying the float surrogate's gradient when there is one."""
-        value = codes.to(torch.float32) * scale
-        if surrogate is None:
-            return value
-        return value + (surrogate - surrogate.detach())
+    def emit(self, codes: Tensor, scale: Tensor, surrogate: Tensor | None,
+             bounds: tuple[int, int] | None = None) -> Tensor:
+        """code * scale in float32, carrying the float surrogate's gradient when there is one.
+
+        Output codes (scale is `out_scale`, all in `bounds`, default the activation range) ride along
+        on the returned tensor, so a consumer on the same scale takes them instead of dividing again.
+        """
+        value = codes.to(torch.float32, copy=True).mul_(scale)
+        if surrogate is not None:
+            if surrogate.shape == value.shape and surrogate.dtype == value.dtype:
+                value = _StraightThrough.apply(surrogate, value)
+            else:
+                value = value + (surrogate - surrogate.detach())
+        if scale is self.out_scale:
+            attach_codes(value, codes, scale, bounds or self.numerics.act_range)
+        return value
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"phase": self.phase, "input_sources": list(self.input_sources),
@@ -213,6 +297,40 @@ class NNAModule:
         self.nna_name = state["nna_name"]
         if self.phase == "frozen":
             self.prepare()
+
+
+class _AttachedCodes(NamedTuple):
+    codes: Tensor
+    scale: float
+    version: int
+    bounds: tuple[int, int]
+
+
+def attach_codes(value: Tensor, codes: Tensor, scale: Tensor, bounds: tuple[int, int]) -> None:
+    """Let consumers of `value` (= codes * scale) take `codes` (all within `bounds`) instead of
+    recovering them by a division; they are dropped when value changes in place or scales differ."""
+    value._nna_codes = _AttachedCodes(codes, float(scale), value._version, bounds)
+
+
+def _attached_codes(x: Tensor, scale: Tensor) -> _AttachedCodes | None:
+    """The codes `x` was emitted from, if x is unchanged since and on the grid of `scale`."""
+    attached = getattr(x, "_nna_codes", None)
+    if attached is None or attached.version != x._version or attached.scale != float(scale):
+        return None
+    return attached
+
+
+class _StraightThrough(torch.autograd.Function):
+    """value forward, the surrogate's gradient backward: `value + (surrogate - surrogate.detach())` in
+    one node and no elementwise pass."""
+
+    @staticmethod
+    def forward(ctx, surrogate: Tensor, value: Tensor) -> Tensor:
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
 
 
 def _grad_wanted() -> bool:
@@ -269,7 +387,7 @@ class _Affine(NNAWeighted):
             return self.calibration_forward((input,), lambda x: self.float_op(x, self.quantized("weight")))
         p = self.integer_params()
         with torch.no_grad():
-            acc = self.integer_op(self.input_codes(input), p["weight"])
+            acc = self.integer_op(self.input_codes(input, int64=False), p["weight"])
             acc = saturate(acc + self._channels(p["bias"]), self.numerics.acc_range)
             codes = requantize(acc, self._channels(p["multiplier"]), self._channels(p["shift"]),
                                self.numerics.rounding, self.numerics.act_range)
@@ -414,9 +532,12 @@ class NNAAdd(NNAOp):
         if self.check_ready():
             return self.calibration_forward((a, b), self.float_op)
         p = self.integer_params()
+        n = self.numerics
         with torch.no_grad():
-            codes = requantize_sum([self.input_codes(a, 0), self.input_codes(b, 1)], list(p["multipliers"]),
-                                   p["shift"], self.numerics.rounding, self.numerics.act_range)
+            peak = -n.act_range[0]
+            codes = requantize_sum_narrow([self.input_codes(a, 0), self.input_codes(b, 1)],
+                                          list(p["multipliers"]), p["shift"], n.rounding, n.act_range,
+                                          [peak, peak])
         return self.emit(codes, self.out_scale, self.float_op(a, b) if _grad_wanted() else None)
 
     def extra_repr(self) -> str:
@@ -460,8 +581,10 @@ class NNALookup(NNAOp):
         if self.check_ready():
             return self.calibration_forward((x,), self.float_fn, observe=not self.bounded)
         with torch.no_grad():
-            codes = self.lut[self.input_codes(x) - self.numerics.act_range[0]]
-        return self.emit(codes, self.out_scale, self.float_fn(x) if _grad_wanted() else None)
+            # int32 entries (at most lut_bits wide) halve the traffic of the output and its consumers.
+            codes = lookup(self.lut.to(torch.int32), self.input_codes(x, int64=False) - self.numerics.act_range[0])
+        return self.emit(codes, self.out_scale, self.float_fn(x) if _grad_wanted() else None,
+                         bounds=self.numerics.lut_range)
 
 
 class NNATanh(NNALookup):
