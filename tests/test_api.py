@@ -51,3 +51,13 @@ def test_search_model_finds_a_front_on_a_user_model_and_resumes(tmp_path):
     assert policy.site_names == ["0", "2"] and policy.resolve("0").weight_bits in (2, 4, 8)
     again = search_model(factory, train_step, evaluate, **kwargs)
     assert len(again.study.trials) == len(result.study.trials)  # resumed, nothing re-run
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("## Your own model, from Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    assert (tmp_path / "my-policy.json").is_file()
