@@ -18,6 +18,7 @@ _COMMAND_MODULES = [
     "mpsearch.cli.hardware",
     "mpsearch.cli.search",
     "mpsearch.cli.front",
+    "mpsearch.cli.supernet",
 ]
 
 

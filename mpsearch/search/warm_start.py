@@ -53,7 +53,7 @@ def ilp_starts(study: Study, space: SearchSpace, count: int) -> list[WarmStart]:
 def supernet_starts(study: Study, space: SearchSpace) -> list[WarmStart]:
     from mpsearch.supernet.stage import ensure_supernet
 
-    return [WarmStart(f"supernet-{c.lam:g}", space.params_for(c.policy)) for c in ensure_supernet(study)]
+    return [WarmStart(f"supernet-{c.lam:g}", dict(c.params)) for c in ensure_supernet(study)]
 
 
 def warm_starts(study: Study, space: SearchSpace) -> list[WarmStart]:
