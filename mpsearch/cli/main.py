@@ -19,6 +19,7 @@ _COMMAND_MODULES = [
     "mpsearch.cli.search",
     "mpsearch.cli.front",
     "mpsearch.cli.supernet",
+    "mpsearch.cli.report",
 ]
 
 

@@ -1,0 +1,34 @@
+"""`mpsearch report`: one self-contained HTML page describing a study from its stored results."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write report.html: settings, baseline, sensitivity, front, chosen policies, latency per site",
+        description="Read the study folder and its stored trials (nothing is trained or searched) and write one "
+                    "HTML file with the settings the study ran with, the float baseline's metrics, the "
+                    "sensitivity table, the front table and plot with the hypervolume, the knee policy and any "
+                    "trained policies, and the knee policy's modelled latency per site. Figures are embedded, so "
+                    "the file opens anywhere on its own. Sections whose results are not stored yet say which "
+                    "command makes them.",
+        epilog="examples:\n"
+               "  mpsearch report studies/quickstart.yaml                 # runs/quickstart/report.html\n"
+               "  mpsearch report studies/quickstart.yaml --out q.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+    parser.add_argument("--out", metavar="PATH.html", help="where to write the report (default: report.html in "
+                                                           "the study folder)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mpsearch.config import StudyConfig
+    from mpsearch.report import write_report
+
+    print(write_report(StudyConfig.from_yaml(args.study), args.out))
+    return 0
