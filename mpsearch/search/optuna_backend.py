@@ -129,6 +129,19 @@ def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any
     return objective
 
 
+def _start_stale_clock(study: optuna.Study) -> None:
+    """Give every RUNNING trial a heartbeat now. Optuna never counts a trial stale that has none, and a
+    process killed between asking a trial and its first heartbeat leaves exactly that: a trial RUNNING
+    forever and, for a warm start, its point lost. A live trial beats anyway; a dead one is now failed
+    and retried once `search.heartbeat_seconds` have passed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.storages.fail_stale_trials(study)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.record_heartbeat(trial._trial_id)
+
+
 def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], evaluate: Callable[[Any], dict],
                trials: int, workers: int = 1, progress: bool = True) -> optuna.Study:
     """Run trials until the study holds `trials` complete ones (warm starts included)."""
@@ -140,6 +153,7 @@ def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], ev
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line names each failed trial
     study = open_study(cfg, space)
+    _start_stale_clock(study)
     added = enqueue_warm_starts(study, starts)
     if added:
         log.info("enqueued %d warm-start trials", added)

@@ -200,9 +200,10 @@ class SearchSpace:
     def params_for(self, policy: Policy) -> dict[str, int | str]:
         """The nearest point of the space to `policy` (an ILP or supernet answer, a uniform policy).
 
-        For a tied group whose sites the policy treats differently, the widest weight and activation
-        bits of the group are taken (rounded up to an allowed choice) and the method and sparsity of
-        its first site, if allowed."""
+        For a tied group whose sites the policy treats differently, the group takes the bit width most
+        of its sites have (ties: the wider; rounded up to an allowed choice), so an ILP allocation that
+        leaves one site of a group wide still lowers the rest; method and sparsity come from the
+        group's first site, if allowed."""
         configs = {s: policy.resolve(s) for s in self.site_names}
         params: dict[str, int | str] = {}
         for group in self.groups:
@@ -213,7 +214,8 @@ class SearchSpace:
                     if len(allowed) == 1:
                         continue
                     if field in ("weight_bits", "act_bits"):
-                        wanted = max((getattr(c, field) or 8 for c in chosen), default=max(allowed))
+                        widths = [getattr(c, field) or 8 for c in chosen]
+                        wanted = max(widths, key=lambda b: (widths.count(b), b), default=max(allowed))
                         value = min((b for b in allowed if b >= wanted), default=max(allowed))
                     else:
                         first = _label(field, getattr(chosen[0], field)) if chosen else allowed[0]

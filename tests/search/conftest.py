@@ -49,3 +49,20 @@ def tiny_study_yaml(tmp_path, synth_corpus):
 def make_study(tmp_path, synth_corpus):
     """write_study for this test's folder: make_study(**search_overrides) -> the study YAML's path."""
     return lambda **search: write_study(tmp_path, synth_corpus, **search)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the session's in-process Ray tests (starting Ray takes seconds)."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def make_study_yaml(tmp_path, synth_corpus):
+    """`make_study_yaml(trials=2, ...)`: the tiny study's YAML with these `search:` overrides."""
+    return lambda **search: write_study(tmp_path, synth_corpus, **search)

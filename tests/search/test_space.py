@@ -55,13 +55,17 @@ def test_to_policy_sets_every_site_and_round_trips_through_params_for(tmp_path):
     assert space.params_for(policy) == params
 
 
-def test_params_for_a_mixed_tied_group_takes_the_widest_bits_rounded_up(tmp_path):
-    space = load(tmp_path)
+def test_params_for_a_mixed_tied_group_takes_the_most_common_bits_rounded_up(tmp_path):
     from mpsearch.quant import Policy
 
-    policy = Policy({"encoder.a": QuantConfig(weight_bits=3), "encoder.b": QuantConfig(weight_bits=2),
+    sites = SITES + [Site("encoder.c", "encoder", "weight", "linear", (4, 4), 16)]
+    space = SearchSpace.from_dict(yaml.safe_load(SPACE), sites)
+    policy = Policy({"encoder.a": QuantConfig(weight_bits=8), "re:encoder\\.[bc]": QuantConfig(weight_bits=2),
                      "_default": QuantConfig(weight_bits=8)})
-    assert space.params_for(policy)["encoder.weight_bits"] == 4
+    assert space.params_for(policy)["encoder.weight_bits"] == 2
+    tie = Policy({"encoder.a": QuantConfig(weight_bits=3), "encoder.b": QuantConfig(weight_bits=2),
+                  "_default": QuantConfig(weight_bits=8)})
+    assert load(tmp_path).params_for(tie)["encoder.weight_bits"] == 4  # a tie goes to the wider, rounded up
 
 
 def test_uniform_params_exist_only_for_bits_every_group_allows(tmp_path):

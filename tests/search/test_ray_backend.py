@@ -1,0 +1,100 @@
+"""The Ray Tune backend on the session's local Ray: trials land in the Optuna storage with the same
+contract as the Optuna backend, a later request continues in a new experiment, and a NaN trial is
+recorded failed without being retried."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ray")
+
+from optuna.trial import TrialState
+
+from mpsearch.config import StudyConfig
+from mpsearch.search.engine import run_search
+from mpsearch.study import Study
+
+
+def _search(study_yaml, trials):
+    study = Study(StudyConfig.from_yaml(study_yaml), progress=False)
+    return study, run_search(study, backend="ray", trials=trials, workers=2)
+
+
+def test_ray_trials_land_in_the_storage_and_a_larger_request_continues(ray_session, make_study_yaml):
+    study, stored = _search(make_study_yaml(), trials=3)
+    complete = stored.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3
+    origins = {t.user_attrs["origin"] for t in complete}
+    assert {"uniform-8", "uniform-4"} <= origins
+    objectives, space = study.cfg.search.objectives, study.search_space()
+    for trial in complete:
+        assert set(trial.params) == {"encoder.weight_bits", "rest.weight_bits"}
+        assert trial.values == [trial.user_attrs["metrics"][o] for o in objectives]
+        assert trial.user_attrs["policy"] == space.to_policy(trial.params).to_dict()
+        assert trial.user_attrs["metrics"]["threads"] == 1  # two workers share the session's two CPUs
+    first = study.dir / "ray" / "run-001"
+    assert (first / "tuner.pkl").is_file() and (first / "mpsearch-finished").is_file()
+
+    # More trials requested: a new Ray experiment; the stored trials are kept, none is run again.
+    _, stored = _search(make_study_yaml(), trials=4)
+    trials = stored.get_trials()
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
+    assert [(t.number, t.values) for t in trials[:3]] == [(t.number, t.values) for t in complete]
+    assert (study.dir / "ray" / "run-002" / "mpsearch-finished").is_file()
+
+    # Already done: returns at once, no new experiment.
+    _, stored = _search(make_study_yaml(), trials=4)
+    assert len(stored.get_trials()) == len(trials)
+    assert not (study.dir / "ray" / "run-003").exists()
+
+
+def test_nan_trial_is_recorded_failed_and_not_retried(ray_session, make_study_yaml):
+    study_yaml = make_study_yaml(trials=1, emulation="none",
+                                 finetune={"lr": 1.0e30, "max_steps": 3, "warmup_steps": 0, "threads": 1})
+    study, stored = _search(study_yaml, trials=1)
+    trials = stored.get_trials()
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("nan" in t.user_attrs["fail_reason"].lower() for t in trials)
+    assert all({"policy", "origin"} <= set(t.user_attrs) for t in trials)
+    # One Ray trial per stored trial, none errored: a deterministic failure is not retried.
+    experiment = study.dir / "ray" / "run-001"
+    assert len([p for p in experiment.iterdir() if p.name.startswith("evaluate_trial")]) == len(trials)
+    assert not list(experiment.rglob("error.txt"))
+
+
+def test_searcher_scores_each_point_once_with_trials_in_flight(make_study_yaml):
+    """Driven by hand, without Ray: two trials in flight on a 4-point space, 6 trials wanted."""
+    import json
+
+    from ray.tune.search import Searcher
+
+    from mpsearch.search.optuna_backend import open_study
+    from mpsearch.search.ray_backend import StudySearcher
+
+    cfg = StudyConfig.from_yaml(make_study_yaml(sampler="random"))
+    space = Study(cfg, progress=False).search_space()
+    stored = open_study(cfg, space, heartbeat=False)
+    searcher = StudySearcher(cfg, space, trials=6, workers=2, new_trial_budget=20)
+    in_flight, counter = {}, 0
+    while True:
+        while len(in_flight) < 3:  # offer more slots than workers: the searcher must hold back
+            counter += 1
+            params = searcher.suggest(str(counter))
+            if params is None or params == Searcher.FINISHED:
+                break
+            in_flight[str(counter)] = params
+        if params == Searcher.FINISHED:
+            break
+        assert len(in_flight) <= 2
+        trial_id, params = next(iter(in_flight.items()))
+        del in_flight[trial_id]
+        metrics = {"wer": 0.5, "latency_ms": float(params["encoder.weight_bits"] + params["rest.weight_bits"])}
+        searcher.on_trial_complete(trial_id, result={**metrics, "failed": 0, "metrics_json": json.dumps(metrics)})
+
+    complete = stored.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 6 and not stored.get_trials(states=(TrialState.RUNNING,))
+    scored = [tuple(sorted(t.params.items())) for t in complete if "copied_from" not in t.user_attrs]
+    assert len(scored) == len(set(scored)) <= 4
+    for trial in complete:
+        assert trial.values == [trial.user_attrs["metrics"]["wer"], trial.user_attrs["metrics"]["latency_ms"]]
+        assert trial.user_attrs["origin"] == "sampler"
