@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
             name, help=help_text, description=_DESCRIPTION,
             epilog="examples:\n  mpsearch search studies/quickstart.yaml\n"
                    "  mpsearch search studies/rnnt_ray.yaml --backend ray --workers 2\n"
-                   "  mpsearch search studies/rnnt_ray.yaml --backend ray --address ray://head:10001\n"
+                   "  mpsearch search studies/rnnt_ray.yaml --address auto   (on a Ray cluster's head node)\n"
                    "It ends by writing the front (front.csv, front.png, front.json) and the knee's policy\n"
                    "(knee-policy.json) in the study folder; `mpsearch front` and `mpsearch export` read them again.",
             formatter_class=argparse.RawDescriptionHelpFormatter)
