@@ -283,7 +283,8 @@ def _label(field: str, value: Any) -> Any:
     return f"{value.method}:{value.fraction:g}"
 
 
-def _sparsity(label: str) -> SparsityConfig | None:
+def sparsity_from_label(label: str) -> SparsityConfig | None:
+    """'dense' -> None, 'N:M' -> N:M sparsity, 'method:fraction' -> unstructured sparsity."""
     if label == DENSE:
         return None
     head, _, tail = label.partition(":")
@@ -294,7 +295,7 @@ def _sparsity(label: str) -> SparsityConfig | None:
 
 def _config(combo: Mapping[str, Any]) -> QuantConfig:
     return QuantConfig(weight_bits=combo["weight_bits"], act_bits=combo["act_bits"], method=combo["method"],
-                       sparsity=_sparsity(combo["sparsity"]))
+                       sparsity=sparsity_from_label(combo["sparsity"]))
 
 
 def _combinations(choices: Mapping[str, tuple]) -> list[dict[str, Any]]:

@@ -23,8 +23,7 @@ from mpsearch.errors import MpsearchError, PolicyError
 from mpsearch.quant.config import QuantConfig, SparsityConfig
 from mpsearch.quant.methods.sparsity import check_sparsity_shape
 from mpsearch.quant.quantizers import make_weight_quantizer
-
-DENSE = "dense"
+from mpsearch.search.space import DENSE, sparsity_from_label
 
 
 class SupernetError(MpsearchError):
@@ -53,14 +52,6 @@ class Choice:
                            sparsity=self.sparsity_config, options=dict(base.options))
 
 
-def sparsity_from_label(label: str) -> SparsityConfig | None:
-    """'dense' -> None, 'N:M' -> N:M sparsity, 'method:fraction' -> unstructured sparsity."""
-    if label == DENSE:
-        return None
-    head, _, tail = label.partition(":")
-    if head.isdigit():
-        return SparsityConfig("nm", n=int(head), m=int(tail))
-    return SparsityConfig(head, fraction=float(tail))
 
 
 @torch.no_grad()

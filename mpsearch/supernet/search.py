@@ -27,6 +27,7 @@ from mpsearch.config import SupernetConfig
 from mpsearch.errors import DataError, TrialError
 from mpsearch.quant import Policy
 from mpsearch.search.space import SearchSpace
+from mpsearch.sensitivity.loss import batch_loss as model_loss
 from mpsearch.supernet.cost import ExpectedCost, LatencySource, as_latency_model
 from mpsearch.supernet.network import Supernet
 
@@ -76,17 +77,6 @@ class SupernetCandidate:
                    expected_size_bytes=float(data.get("expected_size_bytes", math.nan)),
                    size_bytes=int(data.get("size_bytes", 0)), choices=choices, probabilities=probabilities,
                    final_loss=float(data.get("final_loss", math.nan)), seconds=float(data.get("seconds", 0.0)))
-
-
-def model_loss(model: nn.Module, batch: Any) -> Tensor:
-    """The model's scalar loss on `batch`: a speech Batch, a tuple of forward arguments or a mapping."""
-    if hasattr(batch, "feats") and hasattr(batch, "target_lens"):  # mpsearch.data.pipeline.Batch
-        return model(batch.feats, batch.feat_lens, batch.targets, batch.target_lens)
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def batch_stream(batches: Batches, seed: int) -> Iterator[Any]:
