@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                for name, t in (("without", plain), ("with", warm))}
     print(table.to_string(index=False))
     print(f"hypervolume without supernet warm start {volumes['without']:.4g}, with {volumes['with']:.4g} "
-          f"(reference {dict(zip(objectives, reference.round(4)))}; trials: {len(plain.frame)} vs {len(warm.frame)})")
+          f"(reference {dict(zip(objectives, (round(float(v), 4) for v in reference)))}; trials: {len(plain.frame)} vs {len(warm.frame)})")
     folder = output_folder(StudyConfig.from_yaml(args.with_), args.out)
     table.assign(hv_without=volumes["without"], hv_with=volumes["with"]).pipe(write_csv, folder / "supernet_vs_front.csv")
     print(f"wrote {folder / 'supernet_vs_front.csv'}")
