@@ -182,7 +182,9 @@ class FrontTable:
         kept, duplicates = _distinct(complete)
         prefixes = _group_prefixes(kept)
         other_params = _other_params(kept)
-        rows = [_row(t, objectives, prefixes, other_params) for t in kept]
+        group_sites = {g.get("group"): g.get("site_names") or [] for g in study.user_attrs.get("space") or []
+                       if isinstance(g, dict)}
+        rows = [_row(t, objectives, prefixes, other_params, group_sites) for t in kept]
         columns = _columns(objectives, prefixes, other_params)
         frame = pd.DataFrame(rows, columns=columns)
         points = frame[list(objectives)].to_numpy(dtype=float) if len(frame) else np.zeros((0, len(objectives)))
@@ -321,7 +323,8 @@ def _columns(objectives: Sequence[str], prefixes: list[str], other_params: list[
     return ["trial", "origin", *extra, *METRIC_COLUMNS, *groups, *other_params]
 
 
-def _row(trial, objectives: Sequence[str], prefixes: Sequence[str], other_params: Sequence[str]) -> dict[str, Any]:
+def _row(trial, objectives: Sequence[str], prefixes: Sequence[str], other_params: Sequence[str],
+         group_sites: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     metrics = trial.user_attrs.get("metrics") or {}
     row: dict[str, Any] = {"trial": trial.number, "origin": trial.user_attrs.get("origin", "")}
     for name in {*objectives, *METRIC_COLUMNS}:
@@ -333,10 +336,22 @@ def _row(trial, objectives: Sequence[str], prefixes: Sequence[str], other_params
     for prefix in prefixes:
         for f in ("weight_bits", "method"):
             name = f"{prefix}.{f}"
-            row[name] = trial.params[name] if name in trial.params else _policy_field(policy, f)
+            if name in trial.params:
+                row[name] = trial.params[name]
+            else:
+                row[name] = _group_field(policy, (group_sites or {}).get(prefix), f)
     for name in other_params:
         row[name] = trial.params.get(name)
     return row
+
+
+def _group_field(policy: Any, sites: Sequence[str] | None, field_name: str) -> Any:
+    """A fixed (unsearched) field of a group: its first site's rule when the study stored which sites
+    the group holds, else a summary of the whole policy."""
+    rules = policy.get("rules") if isinstance(policy, dict) else None
+    if sites and isinstance(rules, dict) and isinstance(rules.get(sites[0]), dict):
+        return rules[sites[0]].get(field_name)
+    return _policy_field(policy, field_name)
 
 
 def _policy_field(policy: Any, field_name: str) -> Any:

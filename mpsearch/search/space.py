@@ -247,7 +247,7 @@ class SearchSpace:
         return next((g.name for g in self.groups if site in g.sites), None)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"group": g.name, "sites": len(g.sites), "tied": g.tied,
+        return [{"group": g.name, "sites": len(g.sites), "site_names": list(g.sites), "tied": g.tied,
                  **{f: list(g.choices[f]) for f in FIELDS}} for g in self.groups]
 
     def size(self) -> int:

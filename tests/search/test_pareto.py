@@ -150,6 +150,14 @@ def test_front_table_marks_the_front_and_counts_trials(stored):
     assert table.hypervolume == pytest.approx(0.05 * 1.0 + 0.25 * 6.0 + 0.40 * 9.0)
 
 
+def test_a_fixed_group_field_comes_from_that_groups_sites_when_the_study_stored_them(stored):
+    cfg, study = stored
+    study.set_user_attr("space", [{"group": "encoder", "site_names": ["encoder.lstm"]},
+                                  {"group": "joiner", "site_names": ["joiner.out"]}])
+    table = FrontTable.from_study(study, cfg.search.objectives)
+    assert table.frame.set_index("trial").loc[2, "joiner.method"] == "uniform"
+
+
 def test_front_table_columns_and_group_values(stored):
     cfg, study = stored
     table = FrontTable.from_study(study, cfg.search.objectives)

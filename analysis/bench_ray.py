@@ -1,0 +1,77 @@
+"""Trials per minute through the Ray backend with 1 and with 2 concurrent trials, on this machine.
+
+Both runs search the same study (its float baseline, features and sensitivity report are reused
+from the study folder, trained first if missing) into two fresh scratch studies, with the same
+warm-start trials (the uniform-precision policies, so both evaluate the same points), one after the
+other in this process. Throughput is counted from the first trial's start to the last trial's end in
+the trial storage, so Ray's start-up is not in it; each trial gets cores // workers torch threads.
+
+    python analysis/bench_ray.py --study studies/quickstart.yaml --trials 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from mpsearch.config import StudyConfig
+from mpsearch.search.engine import run_search
+from mpsearch.study import Study
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REUSED = ("baseline", "features", "tokenizer.json", "sensitivity.json")
+
+
+def scratch_study(cfg: StudyConfig, folder: Path, workers: int, trials: int) -> Study:
+    search = cfg.search.model_copy(update={"backend": "ray", "workers": workers, "trials": trials,
+                                           "warm_start": cfg.search.warm_start.model_copy(update={"ilp": 0})})
+    scratch = cfg.model_copy(update={"name": f"{cfg.name}-ray{workers}", "output_dir": str(folder),
+                                     "search": search})
+    folder.mkdir(parents=True)
+    for name in REUSED:
+        source = cfg.study_dir / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name)
+        elif source.is_file():
+            shutil.copy2(source, folder / name)
+    return Study(scratch, progress=False)
+
+
+def throughput(optuna_study) -> dict:
+    from optuna.trial import TrialState
+
+    done = optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    start = min(t.datetime_start for t in done)
+    end = max(t.datetime_complete for t in done)
+    minutes = (end - start).total_seconds() / 60
+    return {"trials": len(done), "minutes": round(minutes, 3), "trials_per_minute": round(len(done) / minutes, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="studies/quickstart.yaml")
+    parser.add_argument("--trials", type=int, default=6, help="complete trials per run (uniform warm starts first)")
+    parser.add_argument("--out", default=str(RESULTS / "bench_ray.json"))
+    args = parser.parse_args(argv)
+    cfg = StudyConfig.from_yaml(args.study)
+    Study(cfg, progress=False).baseline()  # both runs reuse it
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
+        for workers in (1, 2):
+            study = scratch_study(cfg, Path(tmp) / f"ray{workers}", workers, args.trials)
+            rows[workers] = throughput(run_search(study))
+            print(f"{workers} concurrent trial(s): {rows[workers]}")
+    ratio = rows[2]["trials_per_minute"] / rows[1]["trials_per_minute"]
+    print(f"2 concurrent / 1 concurrent trials per minute: {ratio:.2f}x")
+    Path(args.out).write_text(json.dumps({"study": args.study, "runs": rows, "ratio_2_over_1": round(ratio, 3)},
+                                         indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
