@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpsearch",
         description="Search per-layer bit widths and sparsity for on-device speech models.",
-        epilog="Start with:  mpsearch train studies/quickstart.yaml   (see README.md)",
+        epilog="Start with:  mpsearch search studies/quickstart.yaml   (the whole pipeline; see README.md)",
     )
     parser.add_argument("--version", action="version", version=f"mpsearch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
