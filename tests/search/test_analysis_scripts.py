@@ -98,3 +98,18 @@ def test_hypervolume_history_grows_to_the_fronts(load_script):
     assert volumes == sorted(volumes) and volumes[0] > 0
     assert volumes[-1] == pytest.approx(table.hypervolume)
     assert volumes[-1] == volumes[-2]  # trial 4 is dominated: it adds nothing
+
+
+def test_plot_methods_draws_the_method_comparison(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "methods.png"
+    done = subprocess.run([sys.executable, str(ANALYSIS / "plot_methods.py"), "--csv",
+                           str(ANALYSIS / "results" / "compare_methods_tiny.csv"), "--out", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = subprocess.run([sys.executable, str(ANALYSIS / "plot_methods.py"), "--csv", str(tmp_path / "no.csv"),
+                              "--out", str(out)], capture_output=True, text=True, check=False)
+    assert missing.returncode == 2 and "run analysis/compare_methods.py first" in missing.stderr
