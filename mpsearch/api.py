@@ -128,24 +128,11 @@ class _UserTrial:
         return metrics
 
     def quantized(self, policy: Policy) -> nn.Module:
-        from mpsearch.quant import apply
-        from mpsearch.quant.apply import calibrating
+        from mpsearch.search.objective import calibrated_model
 
         steps = range(-self.search.calibration_batches, 0)  # negative steps: calibration, not training
-        if self.search.emulation == "nna":
-            from mpsearch.hardware import load_profile
-            from mpsearch.quant.nna import NNANumerics, calibrate_nna
-
-            numerics = NNANumerics.from_profile(load_profile(self.profile))
-            model = apply(self.model_factory(), policy, emulation="nna", numerics=numerics)
-            with torch.no_grad():
-                calibrate_nna(model, steps, forward=self.train_step)
-            return model
-        model = apply(self.model_factory(), policy)
-        with torch.no_grad(), calibrating(model):
-            for step in steps:
-                self.train_step(model, step)
-        return model
+        return calibrated_model(self.model_factory(), policy, self.search.emulation, self.profile, steps,
+                                forward=self.train_step)
 
     def finetune(self, model: nn.Module, cfg: TrainConfig) -> float:
         from mpsearch.quant.methods.hooks import training_hooks

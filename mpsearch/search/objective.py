@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,23 +53,8 @@ class TrialRunner:
 
     def quantized_model(self, policy: Policy) -> torch.nn.Module:
         """The float baseline under `policy`, calibrated and ready to fine-tune."""
-        from mpsearch.quant import apply
-        from mpsearch.quant.apply import calibrating
-
-        if self.cfg.emulation == "nna":
-            from mpsearch.hardware import load_profile
-            from mpsearch.quant.nna import NNANumerics, calibrate_nna
-
-            numerics = NNANumerics.from_profile(load_profile(self.study.cfg.hardware.profile))
-            model = apply(self.float_model, policy, emulation="nna", numerics=numerics)
-            with torch.no_grad():
-                calibrate_nna(model, self.calibration_batches())
-            return model
-        model = apply(self.float_model, policy)
-        with torch.no_grad(), calibrating(model):
-            for args in self.calibration_batches():
-                model(*args)
-        return model
+        return calibrated_model(self.float_model, policy, self.cfg.emulation, self.study.cfg.hardware.profile,
+                                self.calibration_batches())
 
     def finetune(self, model: torch.nn.Module, steps: int | None = None, progress: bool = False) -> dict[str, Any]:
         from mpsearch.quant.methods.hooks import training_hooks
@@ -120,6 +106,31 @@ class TrialRunner:
         metrics["seconds"] = round(time.monotonic() - start, 1)
         metrics["threads"] = torch.get_num_threads()
         return metrics
+
+
+def calibrated_model(float_model: torch.nn.Module, policy: Policy, emulation: str, profile: str,
+                     batches: Iterable[Any], forward: Callable[[torch.nn.Module, Any], Any] | None = None,
+                     ) -> torch.nn.Module:
+    """`quant.apply(float_model, policy)` under `emulation` ("nna": the chip's integers from `profile`), its
+    activation ranges set by `forward(model, batch)` (default `model(*batch)`) on `batches`, no gradients."""
+    from mpsearch.quant import apply
+    from mpsearch.quant.apply import calibrating
+
+    forward = forward or (lambda model, batch: model(*batch))
+    if emulation == "nna":
+        from mpsearch.hardware import load_profile
+        from mpsearch.quant.nna import NNANumerics, calibrate_nna
+
+        numerics = NNANumerics.from_profile(load_profile(profile))
+        model = apply(float_model, policy, emulation="nna", numerics=numerics)
+        with torch.no_grad():
+            calibrate_nna(model, batches, forward=forward)
+        return model
+    model = apply(float_model, policy)
+    with torch.no_grad(), calibrating(model):
+        for batch in batches:
+            forward(model, batch)
+    return model
 
 
 def _as_args(batch: Any) -> tuple:

@@ -22,12 +22,10 @@ def train_with_policy(study: Study, policy: Policy, name: str, steps: int | None
     """Fine-tune the float baseline under `policy` for `steps` (default: a trial's `search.finetune`
     steps, so an exported trial reproduces its WER) and write `trained/<name>/` in the study folder:
     metrics.json, model.pt, the policy, and model.npz (integer export) under NNA emulation."""
-    from mpsearch.quant.quantizers import QUANTIZERS
     from mpsearch.search.objective import TrialRunner
 
     runner = TrialRunner(study)
-    policy.validate(runner.sites, QUANTIZERS.names())
-    model = runner.quantized_model(policy)
+    model = runner.quantized_model(policy)  # quant.apply checks the policy against the model's sites
     finetune = runner.finetune(model, steps, progress=study.progress)
     metrics = {**runner.hardware_metrics(policy), "finetune": finetune, **runner.evaluate(model),
                "eval_split": study.cfg.search.eval_split, "eval_utterances": study.cfg.search.eval_utterances,
