@@ -22,15 +22,30 @@ class SampleLog:
     A site may stop being sampled (`add` with a mask) and then stays stopped, so site l holds samples
     from the first `counts[l]` probes. Samples of different sites from one probe are correlated (they
     share the probe's cross terms), which the total's standard error accounts for.
+
+    Why segments: a site's sample carries cross terms with every other site probed at the same time,
+    so once high-curvature sites converge and stop being probed, the remaining sites' samples get much
+    less noisy. Pooling all of a site's samples into one plain mean would keep the early noise in its
+    error for ever. Instead each site's samples are cut into segments where the set of probed sites
+    changed (each segment at least `min_segment` samples, so its variance is estimated from enough
+    samples) and the segment means are combined by inverse-variance weights. With one segment this is
+    the plain mean and its standard error.
     """
 
-    def __init__(self, n_sites: int) -> None:
+    def __init__(self, n_sites: int, min_segment: int = 8) -> None:
         self.counts = np.zeros(n_sites, dtype=np.int64)
+        self.min_segment = max(int(min_segment), 2)
         self._rows: list[np.ndarray] = []
+        self._epochs: list[int] = []  # which set of probed sites each row was drawn under
+        self._mask: np.ndarray | None = None
+        self._cache: tuple[int, tuple[np.ndarray, ...]] | None = None
 
     def add(self, sample: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Record one probe's samples for the sites where `mask` is True (all when None)."""
-        mask = np.ones(len(self.counts), dtype=bool) if mask is None else mask
+        mask = np.ones(len(self.counts), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        changed = self._mask is not None and not np.array_equal(mask, self._mask)
+        self._epochs.append((self._epochs[-1] + changed) if self._epochs else 0)
+        self._mask = mask.copy()
         self.counts += mask
         self._rows.append(np.where(mask, sample, np.nan))
 
@@ -41,17 +56,12 @@ class SampleLog:
 
     @property
     def mean(self) -> np.ndarray:
-        x = self.samples
-        return np.where(self.counts > 0, np.nansum(x, axis=0) / np.maximum(self.counts, 1), 0.0)
+        return self._estimates()[0]
 
     @property
     def stderr(self) -> np.ndarray:
-        """sqrt(sample variance / count) per site; inf below two samples."""
-        x, n = self.samples, self.counts
-        squares = np.nansum((x - self.mean) ** 2, axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            err = np.sqrt(squares / ((n - 1) * n))
-        return np.where(n >= 2, err, math.inf)
+        """Standard error of each site's estimate; inf below two samples."""
+        return self._estimates()[1]
 
     @property
     def rel_stderr(self) -> np.ndarray:
@@ -66,27 +76,86 @@ class SampleLog:
 
     def columns(self, index: list[int]) -> SampleLog:
         """A log of the given sites (a site may repeat), sharing these samples."""
-        log = SampleLog(len(index))
+        log = SampleLog(len(index), self.min_segment)
         log.counts = self.counts[index].copy()
         log._rows = [row[index] for row in self._rows]
+        log._epochs = list(self._epochs)
         return log
 
     def total_stderr(self) -> float:
-        """Standard error of the sum of the site means, covariances included:
-        Cov(mean_l, mean_m) = min(n_l, n_m) / (n_l n_m) * cov(sample_l, sample_m)."""
-        x, n = self.samples, self.counts
-        if len(n) == 0:
+        """Standard error of the sum of the site estimates, covariances between sites included.
+
+        Each estimate is linear in the samples, est_l = sum_i c_il x_il, and probes are independent, so
+        Var(sum_l est_l) = sum_i sum_lm c_il c_im sd_il sd_im corr_lm, with sd from each sample's
+        segment and corr_lm the correlation of sites l and m over the probes that sampled both.
+        """
+        if len(self.counts) == 0:
             return 0.0
-        if n.min() < 2:
+        if self.counts.min() < 2:
             return math.inf
-        variance = 0.0
-        for l in range(len(n)):
-            for m in range(l, len(n)):
-                k = int(min(n[l], n[m]))
-                a, b = x[:k, l], x[:k, m]
-                cov = float(((a - a.mean()) * (b - b.mean())).sum() / (k - 1))
-                variance += (1 if l == m else 2) * k / (n[l] * n[m]) * cov
-        return math.sqrt(max(variance, 0.0))
+        _, _, coef, spread = self._estimates()
+        weighted = coef * spread  # (probes, sites), 0 where a site was not sampled
+        return math.sqrt(max(float(((weighted @ self._correlation()) * weighted).sum()), 0.0))
+
+    def _correlation(self) -> np.ndarray:
+        x = self.samples
+        n_sites = x.shape[1]
+        corr = np.eye(n_sites)
+        for l in range(n_sites):
+            for m in range(l + 1, n_sites):
+                both = ~np.isnan(x[:, l]) & ~np.isnan(x[:, m])
+                a, b = x[both, l], x[both, m]
+                if len(a) >= 2 and a.std() > 0 and b.std() > 0:
+                    corr[l, m] = corr[m, l] = float(np.corrcoef(a, b)[0, 1])
+        return corr
+
+    def _segments(self, site: int) -> list[np.ndarray]:
+        """Row indices of the site's segments: cut where the probed set changed, none shorter than
+        `min_segment` (a short tail joins the segment before it)."""
+        rows = np.flatnonzero(~np.isnan(self.samples[:, site]))
+        epochs = np.asarray(self._epochs)[rows]
+        segments: list[list[int]] = [[]]
+        for k, row in enumerate(rows):
+            if k and epochs[k] != epochs[k - 1] and len(segments[-1]) >= self.min_segment:
+                segments.append([])
+            segments[-1].append(int(row))
+        if len(segments) > 1 and len(segments[-1]) < self.min_segment:
+            segments[-2].extend(segments.pop())
+        return [np.array(s, dtype=np.int64) for s in segments]
+
+    def _estimates(self) -> tuple[np.ndarray, ...]:
+        """(mean, stderr, coef, spread): per site the inverse-variance-weighted mean of its segment
+        means and its standard error; per sample the weight of that sample in its site's mean and the
+        standard deviation of its segment."""
+        if self._cache is not None and self._cache[0] == len(self._rows):
+            return self._cache[1]
+        x = self.samples
+        n_sites = len(self.counts)
+        mean, err = np.zeros(n_sites), np.full(n_sites, math.inf)
+        coef, spread = np.zeros(x.shape), np.zeros(x.shape)
+        for site in range(n_sites):
+            if self.counts[site] == 0:
+                continue
+            segments = self._segments(site) if self.counts[site] >= 2 else [np.flatnonzero(~np.isnan(x[:, site]))]
+            values = [x[rows, site] for rows in segments]
+            variances = np.array([v.var(ddof=1) if len(v) >= 2 else math.inf for v in values])
+            sizes = np.array([len(v) for v in values], dtype=float)
+            if len(segments) == 1 or not np.all(variances > 0):
+                # one segment, or a noiseless one: the plain mean over all samples
+                rows = np.concatenate(segments)
+                values, segments = [x[rows, site]], [rows]
+                variances = np.array([values[0].var(ddof=1) if len(rows) >= 2 else math.inf])
+                sizes = np.array([float(len(rows))])
+            weights = sizes / variances if np.all(np.isfinite(variances)) and np.all(variances > 0) else sizes
+            weights = weights / weights.sum()
+            mean[site] = float(sum(w * v.mean() for w, v in zip(weights, values)))
+            if np.all(np.isfinite(variances)):
+                err[site] = math.sqrt(float(np.sum(weights ** 2 * variances / sizes)))
+            for w, rows, v, size in zip(weights, segments, variances, sizes):
+                coef[rows, site] = w / size
+                spread[rows, site] = math.sqrt(v) if np.isfinite(v) else 0.0
+        self._cache = (len(self._rows), (mean, err, coef, spread))
+        return self._cache[1]
 
 
 @dataclass

@@ -21,7 +21,9 @@ mean Hessian, with up to B times less variance than one probe shared by all B ba
 A site's sample v_l . (H v)_l carries cross terms v_l . H_lm v_m with every other probed site m: zero
 mean, but noise that can dominate a site of low curvature next to one of high curvature. So a site
 whose relative standard error is under the tolerance (after `min_probes`) stops being probed: its
-probe entries become zero, its estimate is final, and it no longer adds noise to the others.
+probe entries become zero, its estimate is final, and it no longer adds noise to the others. The
+remaining sites' later, quieter samples are weighted by their own variance (`SampleLog`'s segments),
+so the early noise does not stay in their error.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def estimate_traces(model: nn.Module, batches: Iterable[Any], cfg: SensitivityCo
         graphs = _first_order_graphs(model, batches, cfg.batches, params, loss_fn)
         n_batches = len(graphs)
         generator = torch.Generator().manual_seed(cfg.seed)
-        stats = SampleLog(len(params))
+        stats = SampleLog(len(params), min_segment=cfg.min_probes)
         live = np.ones(len(params), dtype=bool)  # weights still being probed
         rounds = 0
         bar = tqdm(total=cfg.max_probes, desc="Hessian probes", unit="probe", disable=not progress, leave=False)

@@ -164,3 +164,53 @@ def test_works_inside_no_grad(mlp_case):
     with torch.no_grad():
         inside = hessian_traces(model, batches, cfg)
     assert inside.traces == hessian_traces(model, batches, cfg).traces
+
+
+class CoupledQuadratic(torch.nn.Module):
+    """loss = w^T H w / 2 over two 2x2 sites: `big` of curvature 100 per weight, `small` of curvature 1,
+    and cross terms of 3 between every weight of one and every weight of the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.big = torch.nn.Linear(2, 2, bias=False)
+        self.small = torch.nn.Linear(2, 2, bias=False)
+        hessian = torch.zeros(8, 8)
+        hessian[:4, :4] = torch.diag(torch.full((4,), 100.0))
+        hessian[4:, 4:] = torch.eye(4) + 0.05 * (1 - torch.eye(4))
+        hessian[:4, 4:] = hessian[4:, :4] = 3.0
+        self.register_buffer("hessian", hessian)
+
+    def forward(self, x):
+        w = torch.cat([self.big.weight.flatten(), self.small.weight.flatten()])
+        return 0.5 * w @ self.hessian @ w + 0 * x.sum()
+
+
+def test_a_quiet_site_converges_once_the_loud_one_stops_being_probed():
+    # Probed together, the small site's samples carry cross terms of variance 16 x 9 against a trace
+    # of 4, so the plain mean of 8 such samples has ~50% relative error. Once `big` converges (at
+    # min_probes) and stops being probed, the later samples of `small` are near exact; weighting them
+    # by their own variance lets `small` converge too instead of spending the whole budget.
+    cfg = SensitivityConfig(batches=1, min_probes=8, max_probes=200, tol=0.05, seed=0)
+    report = hessian_traces(CoupledQuadratic(), [(torch.zeros(1),)], cfg)
+    assert report.converged
+    assert report.probes[0] == 8 and report.probes[1] <= 24, report.probes
+    assert report.traces[0] == pytest.approx(400.0, rel=0.05)
+    assert abs(report.traces[1] - 4.0) <= 3 * report.stderrs[1] and report.stderrs[1] < 0.05 * 4.0
+
+
+def test_segments_weight_samples_by_their_own_variance():
+    from mpsearch.sensitivity.estimate import SampleLog
+
+    rng = np.random.default_rng(0)
+    log = SampleLog(2, min_segment=8)
+    for k in range(48):
+        loud = k < 8  # site 1 is probed only at first: the probed set changes after 8 probes
+        log.add(np.array([10 + (100 if loud else 1) * rng.standard_normal(), 5.0 + rng.standard_normal()]),
+                np.array([True, loud]))
+    pooled = np.sqrt(log.samples[:, 0].var(ddof=1) / 48)
+    ivw = 1 / np.sqrt(8 / log.samples[:8, 0].var(ddof=1) + 40 / log.samples[8:, 0].var(ddof=1))
+    assert log.stderr[0] == pytest.approx(ivw) and log.stderr[0] < pooled / 5
+    assert abs(log.mean[0] - 10) < 3 * log.stderr[0]
+    # one segment (site 1 was never re-segmented) is the plain mean and its standard error
+    assert log.mean[1] == pytest.approx(log.samples[:8, 1].mean())
+    assert log.stderr[1] == pytest.approx(log.samples[:8, 1].std(ddof=1) / np.sqrt(8))
