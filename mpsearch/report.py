@@ -47,6 +47,9 @@ pre { background: #f7f7f7; border: 1px solid #e3e3e3; padding: .8em; overflow-x:
 img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; }
 p.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .5em .8em; }
 p.meta { color: #666; font-size: .9em; }
+div.wide { overflow-x: auto; }
+summary { cursor: pointer; }
+@media print { body { max-width: none; margin: 0; } table.data { font-size: .6em; } }
 """
 
 
@@ -112,13 +115,15 @@ class StudyReport:
 
     # --- the page ----------------------------------------------------------------------------------------
     def render(self) -> str:
+        # The answer first (front, the policy to deploy, where its time goes), then the evidence behind
+        # it, then the settings, which are long and rarely read.
         sections = [
-            ("settings", "Settings", self.settings_section),
-            ("baseline", "Float baseline", self.baseline_section),
-            ("sensitivity", "Sensitivity", self.sensitivity_section),
             ("front", "Pareto front", self.front_section),
             ("policies", "Chosen policies", self.policies_section),
             ("latency", "Latency of the knee policy per site", self.latency_section),
+            ("sensitivity", "Sensitivity", self.sensitivity_section),
+            ("baseline", "Float baseline", self.baseline_section),
+            ("settings", "Settings", self.settings_section),
         ]
         bodies = [(key, title, build()) for key, title, build in sections]
         nav = " ".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title, _ in bodies)
@@ -139,8 +144,8 @@ class StudyReport:
         import yaml
 
         data = json.loads(self.settings_text) if self.settings_text else self.cfg.model_dump(mode="json")
-        return (f"<p>The study as it ran ({SETTINGS_FILE}), every default filled in.</p>"
-                f"<pre>{html.escape(yaml.safe_dump(data, sort_keys=False))}</pre>")
+        return (f"<details><summary>The study as it ran ({SETTINGS_FILE}), every default filled in</summary>"
+                f"<pre>{html.escape(yaml.safe_dump(data, sort_keys=False))}</pre></details>")
 
     def baseline_section(self) -> str:
         metrics = read_json(self.folder / "baseline" / "metrics.json")
@@ -185,6 +190,8 @@ class StudyReport:
             text += f"<p>Trials repeating an earlier point, shown once: {html.escape(repeats)}.</p>"
         shown = table.frame.copy()
         shown["on_front"] = ["*" if v else "" for v in shown["on_front"]]
+        # the star next to the trial number, where the eye starts, not past a dozen columns
+        shown = shown[["trial", "on_front", *(c for c in shown.columns if c not in ("trial", "on_front"))]]
         return (text + _image(_png(lambda p: plot_front(table, p)), "Pareto front")
                 + "<p>Every distinct complete trial (* on the front):</p>" + _frame_table(shown))
 
@@ -345,14 +352,15 @@ def _cell(value: Any) -> str:
 
 
 def _frame_table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, escape=True, na_rep="-", border=0, classes="data",
-                         formatters={c: _cell for c in frame.columns})
+    table = frame.to_html(index=False, escape=True, na_rep="-", border=0, classes="data",
+                          formatters={c: _cell for c in frame.columns})
+    return f'<div class="wide">{table}</div>'
 
 
 def _rows_table(rows: list[list[Any]], headers: tuple[str, ...]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div class="wide"><table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _key_value_table(pairs: list[tuple[str, Any]], headers: tuple[str, str]) -> str:

@@ -9,7 +9,7 @@ from mpsearch.config import StudyConfig
 from mpsearch.search.pareto import load_front_table
 from mpsearch.search.pick import pick_trial
 
-SECTIONS = ["settings", "baseline", "sensitivity", "front", "policies", "latency"]
+SECTIONS = ["front", "policies", "latency", "sensitivity", "baseline", "settings"]
 
 
 class ReportParser(HTMLParser):
