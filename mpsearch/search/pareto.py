@@ -257,7 +257,7 @@ class FrontTable:
 
 def load_front_table(cfg: StudyConfig) -> FrontTable:
     """The FrontTable of the study's stored trials; an error when no trial has completed yet."""
-    from mpsearch.search.storage import load_trials_study, storage_url
+    from mpsearch.search.storage import fail_reason, load_trials_study, storage_url
 
     study = load_trials_study(cfg)
     table = FrontTable.from_study(study, cfg.search.objectives, cfg.search.reference_point)
@@ -265,7 +265,7 @@ def load_front_table(cfg: StudyConfig) -> FrontTable:
         failed = [t for t in table.trials.values() if t.state.name == "FAIL"]
         reason = ""
         if failed:
-            last = failed[-1].user_attrs.get("fail_reason", "no reason stored")
+            last = fail_reason(failed[-1])
             reason = f" ({len(failed)} failed; trial {failed[-1].number}: {last})"
         raise MpsearchError(f"No complete trial in study '{cfg.name}' at {storage_url(cfg)}{reason}; "
                             "run `mpsearch search` on the study, or fix what made the trials fail.")

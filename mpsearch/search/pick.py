@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mpsearch.errors import MpsearchError
+from mpsearch.search.storage import fail_reason
 
 if TYPE_CHECKING:
     from mpsearch.quant import Policy
@@ -57,7 +58,7 @@ def by_number(table: FrontTable, number: int) -> PickedTrial:
                             f"the front holds trials {_numbers(table.front_numbers())}.")
     state = table.trials[number].state.name
     if state != "COMPLETE":
-        reason = table.trials[number].user_attrs.get("fail_reason")
+        reason = fail_reason(table.trials[number])
         why = f" ({reason})" if reason else ""
         raise MpsearchError(f"Trial {number} {_STATE_WORDS.get(state, state)}{why}; pick a COMPLETE trial, e.g. one on the front: "
                             f"{_numbers(table.front_numbers())}.")

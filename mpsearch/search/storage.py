@@ -8,7 +8,9 @@ What every trial carries (both backends):
   user_attrs["metrics"]  wer, cer, test_wer, test_cer, latency_ms, size_bytes, avg_weight_bits, seconds
   user_attrs["policy"]   the Policy as `Policy.to_dict()` (so export needs neither model nor space)
   user_attrs["origin"]   "uniform-<bits>", "ilp-<i>", "supernet-<lambda>" or "sampler"
-  user_attrs["fail_reason"]  on a FAIL trial: why (NaN loss, the exception's message)
+  user_attrs["fail_reason"]  on a FAIL trial: why (NaN loss, the exception's message); a trial failed
+                         by Optuna's heartbeat check has none (a finished trial cannot be written to),
+                         `fail_reason()` says why for it
 """
 
 from __future__ import annotations
@@ -71,3 +73,14 @@ def load_trials_study(cfg: StudyConfig) -> optuna.Study:
 def _engine_kwargs(url: str) -> dict:
     # Several Ray workers or a resumed process may write at once: wait for SQLite's lock, don't fail.
     return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+
+
+STOPPED_WITHOUT_RESULT = ("stopped without a result: its process was killed or stopped sending heartbeats, "
+                          "and the point was queued again")
+
+
+def fail_reason(trial: optuna.trial.FrozenTrial) -> str | None:
+    """Why a FAIL trial failed; None for any other state."""
+    if trial.state.name != "FAIL":
+        return None
+    return trial.user_attrs.get("fail_reason", STOPPED_WITHOUT_RESULT)

@@ -15,6 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from mpsearch.search.storage import fail_reason
+
 TRIALS = 4
 
 
@@ -82,6 +84,8 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, make_
     # the kill came before the sampler had chosen all of its parameters.
     for old in interrupted:
         assert trials[old.number].state == TrialState.FAIL
+        # whichever backend failed it, the trial says why (the heartbeat check cannot write a reason)
+        assert "killed" in fail_reason(trials[old.number]) or "interrupted" in fail_reason(trials[old.number])
         point = old.system_attrs.get("fixed_params") or old.params
         if len(point) == len(complete[0].params):
             assert any(t.params == point and t.user_attrs.get("origin") == old.user_attrs.get("origin")
