@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -94,11 +95,12 @@ def complete_count(study: optuna.Study) -> int:
 
 
 def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any], dict],
-                   study: optuna.Study) -> Callable[[optuna.Trial], tuple[float, ...]]:
+                   study: optuna.Study, poll_seconds: float = 2.0) -> Callable[[optuna.Trial], tuple[float, ...]]:
     """The Optuna objective: ask the space's parameters, evaluate the policy, store metrics and policy.
 
     A point already evaluated in this study (the sampler proposing it again) is answered from the
-    stored trial instead of being trained twice."""
+    stored trial instead of being trained twice; with several workers, a point an earlier trial is
+    still training is waited for, then answered the same way."""
     from optuna.trial import TrialState
 
     objectives = cfg.search.objectives
@@ -109,11 +111,11 @@ def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any
             trial.set_user_attr("origin", "sampler")
         policy = space.to_policy(params)
         trial.set_user_attr("policy", policy.to_dict())
-        for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if done.params == params and "metrics" in done.user_attrs:
-                trial.set_user_attr("metrics", done.user_attrs["metrics"])
-                trial.set_user_attr("copied_from", done.number)
-                return tuple(done.values)
+        done = _same_point_done(study, trial.number, params, poll_seconds)
+        if done is not None:
+            trial.set_user_attr("metrics", done.user_attrs["metrics"])
+            trial.set_user_attr("copied_from", done.number)
+            return tuple(done.values)
         try:
             metrics = evaluate(policy)
             missing = [o for o in objectives if o not in metrics]
@@ -127,6 +129,25 @@ def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any
         return tuple(float(metrics[o]) for o in objectives)
 
     return objective
+
+
+def _same_point_done(study: optuna.Study, number: int, params: dict, poll_seconds: float):
+    """The COMPLETE trial (with metrics) of the same point, waiting while an earlier-numbered trial of
+    that point is RUNNING (only earlier ones: two workers on one point never wait for each other).
+    None when the point has no such trial, or its earlier run failed: then this trial trains it."""
+    import optuna
+    from optuna.trial import TrialState
+
+    while True:
+        optuna.storages.fail_stale_trials(study)  # nothing else checks heartbeats while this one waits
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        same = [t for t in trials if t.number != number and t.params == params]
+        for t in same:
+            if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs:
+                return t
+        if not any(t.state == TrialState.RUNNING and t.number < number for t in same):
+            return None
+        time.sleep(poll_seconds)
 
 
 def _start_stale_clock(study: optuna.Study) -> None:

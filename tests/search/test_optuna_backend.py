@@ -89,3 +89,34 @@ def test_malformed_search_settings_get_one_line_errors(make_study, capsys, searc
 def test_resume_needs_a_stored_study(tiny_study_yaml, capsys):
     assert main(["resume", str(tiny_study_yaml)]) == 2
     assert "run `mpsearch search` on the study first" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials asked by hand, outside optimize()
+def test_a_point_an_earlier_worker_is_training_is_waited_for_not_trained_again(tiny_study_yaml):
+    import threading
+
+    from mpsearch.search.optuna_backend import make_objective, open_study
+    from mpsearch.study import Study
+
+    cfg = StudyConfig.from_yaml(tiny_study_yaml)
+    space = Study(cfg, progress=False).search_space()
+    study = open_study(cfg, space)
+    point = {p.name: p.choices[0] for p in space.parameters()}
+    study.enqueue_trial(point)
+    first = study.ask()  # another worker's trial of the point, still training
+    for p in space.parameters():
+        first.suggest_categorical(p.name, list(p.choices))
+    evaluated = []
+    objective = make_objective(cfg, space, lambda policy: evaluated.append(policy) or {}, study, poll_seconds=0.05)
+    study.enqueue_trial(point)
+    second = study.ask()
+    answer = {}
+    waiting = threading.Thread(target=lambda: answer.setdefault("values", objective(second)))
+    waiting.start()
+    waiting.join(timeout=0.5)
+    assert waiting.is_alive(), "the second trial did not wait for the first"
+    first.set_user_attr("metrics", {"wer": 0.5, "latency_ms": 2.0})
+    study.tell(first, [0.5, 2.0])
+    waiting.join(timeout=10)
+    assert answer["values"] == (0.5, 2.0) and evaluated == []
+    assert second.user_attrs["copied_from"] == first.number
