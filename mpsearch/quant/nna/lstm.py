@@ -31,6 +31,7 @@ from mpsearch.quant.nna.modules import (
     exact_matmul_dtype,
     integer_matmul,
     lookup,
+    matmul_operands,
     multipliers,
 )
 from mpsearch.quant.nna.numerics import (
@@ -38,6 +39,8 @@ from mpsearch.quant.nna.numerics import (
     LUT_INPUT_CAPS,
     NNANumerics,
     build_lut,
+    lut_inputs,
+    requantize,
     rounding_shift,
     saturate,
 )
@@ -75,6 +78,12 @@ class NNALSTM(NNAWeighted, QuantLSTM):
             ("hidden_multiplier", (layers,), torch.int64), ("hidden_shift", (layers,), torch.int64),
         ):
             new.register_buffer(name, torch.ones(shape, dtype=dtype, device=device))
+        # Derived from those by prepare(), so not saved: per layer, the two tables of `step_tables`.
+        n = new.numerics
+        for name, size in (("cell_tanh_columns", 1 << n.cell_state_bits),
+                           ("hidden_luts", 1 << (2 * n.lut_bits))):
+            new.register_buffer(name, torch.zeros(layers, size, dtype=torch.int64, device=device),
+                                persistent=False)
         return new
 
     # --- calibration -------------------------------------------------------------------------
@@ -119,6 +128,8 @@ class NNALSTM(NNAWeighted, QuantLSTM):
             self.cell_tanh_multiplier[layer], self.cell_tanh_shift[layer] = m_ct, shift
             (m_h,), shift = multipliers([unit * unit / self.hidden_scales[layer].double()], n, device)
             self.hidden_multiplier[layer], self.hidden_shift[layer] = m_h, shift
+            self.cell_tanh_columns[layer], self.hidden_luts[layer] = step_tables(
+                self.cell_luts[layer], m_ct, self.cell_tanh_shift[layer], m_h, shift, n)
 
     def _calibrate(self, x: Tensor, hx: tuple[Tensor, Tensor] | None):
         self.see_input(0, x)
@@ -191,8 +202,11 @@ class NNALSTM(NNAWeighted, QuantLSTM):
             with torch.no_grad():
                 h_q = saturate(torch.round(h.detach() / s_h).to(torch.int64), n.act_range)
                 c_q = saturate(torch.round(c.detach() / s_c).to(torch.int64), n.cell_range)
-                acc_x = saturate(integer_matmul(codes, p["weight_ih"]) + p["bias"], n.acc_range)
-                codes, cells = integer_recurrence(acc_x, h_q, c_q, p, n, all_cells=grad)
+                # Time first, so each step's input terms are one contiguous block.
+                acc_x = integer_matmul(codes.transpose(0, 1), p["weight_ih"])
+                acc_x = acc_x.add_(p["bias"]).clamp_(*n.acc_range)
+                tables = self.cell_tanh_columns[layer], self.hidden_luts[layer]
+                codes, cells = integer_recurrence(acc_x, h_q, c_q, p, tables, n, all_cells=grad)
                 y = self.emit(codes, s_h, None)
             if grad:
                 projected = F.linear(x, self.quantized(f"weight_ih_l{layer}"), self._float_bias(layer))
@@ -249,6 +263,20 @@ class NNALSTM(NNAWeighted, QuantLSTM):
         return output, (h_n, c_n)
 
 
+def step_tables(cell_lut: Tensor, m_ct: Tensor, ct_shift: Tensor, m_h: Tensor, h_shift: Tensor,
+                n: NNANumerics) -> tuple[Tensor, Tensor]:
+    """The two tables that take a step from the new cell state to the hidden state, built by the
+    primitives the executor computes it with. Entry c - cell_lo of the first is tanh(c)'s code minus
+    lut_lo: cell_lut[c8 - lo] - lut_lo with c8 = sat8(round(c * M_ct / 2^shift_ct)). Entry
+    (o - lut_lo) * 2^lut_bits + (t - lut_lo) of the second is h = sat8(round(o * t * M_h / 2^shift_h))."""
+    device = cell_lut.device
+    cells = torch.from_numpy(lut_inputs(n.cell_state_bits)).to(device)
+    tanh_codes = lookup(cell_lut, requantize(cells, m_ct, ct_shift, n.rounding, n.act_range) - n.act_range[0])
+    lut_codes = torch.from_numpy(lut_inputs(n.lut_bits)).to(device)
+    hidden = requantize(lut_codes[:, None] * lut_codes[None, :], m_h, h_shift, n.rounding, n.act_range)
+    return tanh_codes - n.lut_range[0], hidden.reshape(-1)
+
+
 def _round_shift(total: Tensor, shift, half, rounding: str) -> Tensor:
     """rounding_shift of a fresh int64 tensor, in place for half_up (`half` = 2^(shift-1))."""
     if rounding == "half_up":
@@ -256,59 +284,62 @@ def _round_shift(total: Tensor, shift, half, rounding: str) -> Tensor:
     return rounding_shift(total, shift, rounding)
 
 
-def integer_recurrence(acc_x: Tensor, h_q: Tensor, c_q: Tensor, p: Mapping[str, Tensor], n: NNANumerics,
-                       all_cells: bool) -> tuple[Tensor, Tensor]:
+def integer_recurrence(acc_x: Tensor, h_q: Tensor, c_q: Tensor, p: Mapping[str, Tensor],
+                       tables: tuple[Tensor, Tensor], n: NNANumerics, all_cells: bool) -> tuple[Tensor, Tensor]:
     """The chip's LSTM cell over all steps of one layer (see the module docstring), from the input
-    accumulators acc_x (B, T, 4H) and the initial codes h_q, c_q (B, H).
+    accumulators acc_x (T, B, 4H, time first; a fresh int64 tensor, scaled in place), the initial
+    codes h_q, c_q (B, H) and the layer's `step_tables`.
 
-    Returns the hidden codes (B, T, H) and the cell codes (B, T, H) if `all_cells`, else the last
-    (B, H). The same integers as the primitives of `numerics` compose, with the step-independent
-    work (input terms scaled by their multipliers, weights as exact float32) hoisted out of the loop
-    and the per-step arithmetic on int64 in place.
+    Returns the hidden codes (B, T, H), in the recurrent matmul's operand dtype (`exact_matmul_dtype`),
+    and the int64 cell codes (B, T, H) if `all_cells`, else the last (B, H). The same integers as the
+    primitives of `numerics` compose: the step-independent work (input terms scaled by their
+    multipliers) is hoisted out of the loop, the per-step arithmetic runs on int64 in place, and the
+    new cell state reaches the hidden state by two lookups: the cell table gives tanh(c)'s column in
+    the hidden table, o's gate table (shifted here) its row.
     """
-    batch, steps, rows = acc_x.shape
+    steps, batch, rows = acc_x.shape
     hidden = rows // 4
     lo, hi = n.act_range
     table = 1 << n.activation_bits
     (m_ih, m_hh), gate_shift = p["gate_multipliers"], p["gate_shift"]
     gate_half = (torch.ones_like(gate_shift) << gate_shift) >> 1
     m_fc, m_ig = (int(v) for v in p["cell_multipliers"])
-    cell_shift, ct_shift, h_shift = int(p["cell_shift"]), int(p["cell_tanh_shift"]), int(p["hidden_shift"])
-    m_ct, m_h = int(p["cell_tanh_multiplier"]), int(p["hidden_multiplier"])
-    cell_half, ct_half, h_half = (1 << cell_shift) >> 1, (1 << ct_shift) >> 1, (1 << h_shift) >> 1
+    cell_shift = int(p["cell_shift"])
+    cell_half = (1 << cell_shift) >> 1
     # The input term of every step at once; half_up's rounding constant rides on it.
-    x_terms = acc_x * m_ih
+    x_terms = acc_x.mul_(m_ih)
     if n.rounding == "half_up":
         x_terms += gate_half
     # Gate k's table starts at k * table in the flattened (4, table) LUT; the offset also removes lo.
     offsets = torch.arange(rows, device=acc_x.device) // hidden * table - lo
-    luts, cell_lut = p["gate_luts"].reshape(-1), p["cell_lut"]
-    w_dtype = exact_matmul_dtype(hidden, acc_x.device)
-    w_hh_t = p["weight_hh"].to(w_dtype).t().contiguous()
+    luts = p["gate_luts"].clone()
+    luts[3] = (luts[3] - n.lut_range[0]) << n.lut_bits  # o as its row offset in the hidden table
+    luts = luts.reshape(-1)
+    tanh_columns, hidden_lut = tables
+    dtype = exact_matmul_dtype(hidden, acc_x.device)
+    w_hh_t = p["weight_hh"].to(dtype).t().contiguous()
+    hidden_codes = hidden_lut.to(dtype)
     # W_hh h can exceed the accumulator only for narrow accumulators.
     acc_saturates = hidden * MAX_PRODUCT > n.acc_range[1]
-    hs = torch.empty(batch, steps, hidden, dtype=torch.int64, device=acc_x.device)
-    cs = torch.empty(batch, steps, hidden, dtype=torch.int64, device=acc_x.device) if all_cells else None
-    h_float = h_q.to(w_dtype)
+    hs = torch.empty(steps, batch, hidden, dtype=dtype, device=acc_x.device)
+    cs = torch.empty(steps, batch, hidden, dtype=torch.int64, device=acc_x.device) if all_cells else None
+    h = h_q.to(dtype)
     for t in range(steps):
-        acc_h = torch.mm(h_float, w_hh_t).to(torch.int64)
+        pre = matmul_operands(h, w_hh_t).to(torch.int64)
         if acc_saturates:
-            acc_h.clamp_(*n.acc_range)
-        pre = acc_h.mul_(m_hh).add_(x_terms[:, t])
+            pre.clamp_(*n.acc_range)
+        pre = pre.mul_(m_hh).add_(x_terms[t])
         pre = pre.bitwise_right_shift_(gate_shift) if n.rounding == "half_up" else \
             rounding_shift(pre, gate_shift, n.rounding)
         gates = lookup(luts, pre.clamp_(lo, hi).add_(offsets))
         i, f, g, o = gates.split(hidden, dim=1)
-        total = (f * c_q).mul_(m_fc).add_((i * g).mul_(m_ig))
+        total = torch.addcmul((i * g).mul_(m_ig), f, c_q, value=m_fc)
         c_q = _round_shift(total, cell_shift, cell_half, n.rounding).clamp_(*n.cell_range)
-        c8 = _round_shift(c_q * m_ct, ct_shift, ct_half, n.rounding).clamp_(lo, hi)
-        h_q = _round_shift((o * lookup(cell_lut, c8.sub_(lo))).mul_(m_h), h_shift, h_half, n.rounding)
-        h_q = h_q.clamp_(lo, hi)
-        hs[:, t] = h_q
+        h = torch.index_select(hidden_codes, 0, lookup(tanh_columns, c_q - n.cell_range[0]).add_(o).view(-1),
+                               out=hs[t].view(-1)).view(batch, hidden)
         if all_cells:
-            cs[:, t] = c_q
-        h_float = h_q.to(w_dtype)
-    return hs, (cs if all_cells else c_q)
+            cs[t] = c_q
+    return hs.transpose(0, 1).contiguous(), (cs.transpose(0, 1).contiguous() if all_cells else c_q)
 
 
 class SurrogateLSTMLayer(torch.autograd.Function):

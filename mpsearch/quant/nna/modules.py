@@ -9,11 +9,13 @@ most 16 bits). A module returns
     code * out_scale + (surrogate - surrogate.detach())
 
 whose value is the integer result and whose gradient is the float surrogate's (straight-through):
-the loss sees the chip's errors, the weights get the usual QAT gradients. Matmuls run as float
-matmuls of integer-valued tensors: float32 while |int8 * int8 * K| <= 2^24, else float64 (exact below
-2^53); requantisation and lookup tables run on int64 tensors with the primitives of `numerics`, shared
-with the reference executor (or in int32 where a bound proves the int64 result fits). Output codes
-ride along on the emitted tensor, so a consumer reads them back without dividing by the scale.
+the loss sees the chip's errors, the weights get the usual QAT gradients. Matmuls run as int8 GEMMs
+with int32 accumulators on CPU, elsewhere as float matmuls of integer-valued tensors (float32 while
+|int8 * int8 * K| <= 2^24, else float64, exact below 2^53); requantisation and lookup tables run on
+int64 tensors with the primitives of `numerics`, shared with the reference executor. An add's result
+is a function of its two input codes alone, so it is a lookup in a table of every code pair, built by
+those primitives (see `TableCodes`). Output codes ride along on the emitted tensor, so a consumer
+reads them back without dividing by the scale.
 
 Phases: "new" (apply() made it; using it raises), "calibrating" (float forward that observes ranges
 and traces which module produced each input), "frozen" (integer forward).
@@ -38,10 +40,10 @@ from mpsearch.quant.nna.numerics import (
     LUT_INPUT_CAPS,
     NNANumerics,
     build_lut,
+    lut_inputs,
     quantize_multipliers,
     requantize,
     requantize_sum,
-    rounding_shift,
     saturate,
 )
 from mpsearch.quant.parts import MIN_SCALE
@@ -77,10 +79,16 @@ MAX_PRODUCT = 1 << 14
 # float32 holds every integer up to 2^24: a matmul whose partial sums stay below that is exact in
 # float32 whatever order the GEMM sums in (each product is exact, each partial sum an integer).
 FLOAT32_EXACT = 1 << 24
+INT32_MAX = (1 << 31) - 1
 
 
 def exact_matmul_dtype(inner: int, device: torch.device) -> torch.dtype:
-    """The cheapest float dtype in which an int8 x int8 matmul over `inner` terms is exact."""
+    """The cheapest operand dtype in which an int8 x int8 matmul over `inner` terms is exact: on CPU
+    int8 itself (an int8 GEMM with int32 accumulators, exact while no sum can reach 2^31, and several
+    times faster than float32 there), elsewhere float32 while every partial sum stays below 2^24, else
+    float64 (exact below 2^53)."""
+    if device.type == "cpu" and inner * MAX_PRODUCT <= INT32_MAX:
+        return torch.int8
     if inner * MAX_PRODUCT > FLOAT32_EXACT or torch.is_autocast_enabled(device.type):
         return torch.float64
     # Reduced-precision float32 GEMMs (TF32, bf16 passes) round the operands; only full fp32 is exact.
@@ -91,46 +99,104 @@ def exact_matmul_dtype(inner: int, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def matmul_operands(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """a (..., K) @ b (K, N) for operands in an `exact_matmul_dtype`: int8 ones by the int8 GEMM
+    (torch._int_mm, int32 results), others by torch.matmul (results in their dtype)."""
+    if a.dtype != torch.int8:
+        return torch.matmul(a, b, out=out)
+    flat = torch._int_mm(a.reshape(-1, a.shape[-1]), b, out=None if out is None else out.view(-1, b.shape[1]))
+    return flat.view(*a.shape[:-1], b.shape[1])
+
+
 def integer_matmul(codes: Tensor, weight_codes: Tensor) -> Tensor:
-    """codes (..., K) @ weight_codes (N, K)^T exactly, as int64 (in float32 while every partial sum
-    stays below 2^24, else float64, exact below 2^53)."""
+    """codes (..., K) @ weight_codes (N, K)^T exactly, as a fresh int64 tensor."""
     dtype = exact_matmul_dtype(codes.shape[-1], codes.device)
-    return torch.matmul(codes.to(dtype), weight_codes.to(dtype).t()).to(torch.int64)
-
-
-INT32_MAX = (1 << 31) - 1
-
-
-def requantize_sum_narrow(terms: list[Tensor], multipliers: list[Tensor], shift: Tensor, rounding: str,
-                          bounds: tuple[int, int], term_peaks: list[int]) -> Tensor:
-    """`requantize_sum`, computed in int32 with in-place passes when that is provably exact.
-
-    `term_peaks[i]` bounds |terms[i]|. Each term is scaled by its multiplier before the terms broadcast
-    against each other (the products are as small as the terms), and half_up's rounding constant
-    rides on the first product, so the full-size tensor sees one add, one shift and one clamp. When
-    sum_i peak_i * M_i + 2^(shift-1) could reach 2^31 (or a shift exceeds 30), it falls back to the
-    int64 `requantize_sum`. The result has the int32 dtype on the fast path, int64 otherwise.
-    """
-    top_shift = int(shift.max()) if shift.numel() else 0
-    peak = sum(p * int(m.max()) for p, m in zip(term_peaks, multipliers)) + (1 << max(top_shift - 1, 0))
-    if peak > INT32_MAX or top_shift > 30 or int(shift.min()) < 0:
-        return requantize_sum(terms, multipliers, shift, rounding, bounds)
-    shift32 = shift.to(torch.int32)
-    scaled = [(t * m).to(torch.int32) for t, m in zip(terms, multipliers)]
-    if rounding == "half_up":
-        scaled[0] = scaled[0] + (((shift32 * 0 + 1) << shift32) >> 1)
-    total = scaled[0] + scaled[1] if len(scaled) > 1 else scaled[0].clone()
-    for term in scaled[2:]:
-        total.add_(term)
-    if rounding == "half_up":
-        return total.bitwise_right_shift_(shift32).clamp_(bounds[0], bounds[1])
-    return rounding_shift(total, shift32, rounding).clamp_(bounds[0], bounds[1])
+    return matmul_operands(codes.to(dtype), weight_codes.to(dtype).t()).to(torch.int64)
 
 
 def lookup(table: Tensor, index: Tensor) -> Tensor:
     """table[index] for a 1-D table (index_select on the flattened index: several times faster on CPU
     than advanced indexing), in the table's dtype."""
     return torch.index_select(table, 0, index.reshape(-1)).view(index.shape)
+
+
+def requantize_(acc: Tensor, multiplier: Tensor, shift: Tensor, rounding: str,
+                bounds: tuple[int, int]) -> Tensor:
+    """`requantize` of a fresh int64 tensor: in place (no new tensor per pass) for half_up."""
+    if rounding != "half_up":
+        return requantize(acc, multiplier, shift, rounding, bounds)
+    half = (torch.ones_like(shift) << shift) >> 1
+    return acc.mul_(multiplier).add_(half).bitwise_right_shift_(shift).clamp_(bounds[0], bounds[1])
+
+
+# Elements per chunk of a `TableCodes` gather: a chunk's index (int32) and codes stay within L2.
+GATHER_CHUNK = 1 << 18
+
+
+class TableCodes(NamedTuple):
+    """Codes held as table[index], the index being the broadcast sum of int32 `parts`, gathered chunk
+    by chunk where needed.
+
+    How an add and a lookup table hand over their output. The add of int8 codes a and b is a
+    2^16-entry table of every result, indexed by (a - lo) * 2^8 + (b - lo): a broadcast add (the RNN-T
+    joiner's (B, T, U, J) lattice from (B, T, 1, J) and (B, 1, U, J)) never materialises a full-size
+    index, and a lookup table behind it composes its table with the add's instead of indexing the
+    lattice again. Dequantized values are gathered from the table's values (the same float32 product
+    code * scale as an elementwise one); a linear consumer gathers each chunk of its input codes
+    right before that chunk's matmul, so full-size codes never exist either.
+    """
+
+    table: Tensor  # 1-D int64
+    parts: tuple[Tensor, ...]  # int32, all with the same number of dims
+
+    @classmethod
+    def of(cls, table: Tensor, parts: list[Tensor]) -> TableCodes:
+        dims = max(p.dim() for p in parts)
+        return cls(table, tuple(p.reshape((1,) * (dims - p.dim()) + p.shape) for p in parts))
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.broadcast_shapes(*(p.shape for p in self.parts))
+
+    def then(self, outer: Tensor, offset: int) -> TableCodes:
+        """The codes outer[code + offset] (a lookup table applied to these codes), on the table alone."""
+        return TableCodes(lookup(outer, self.table + offset), self.parts)
+
+    def chunks(self) -> Iterator[tuple[tuple[slice, ...], Tensor]]:
+        """(region, index there) over blocks of the first dim longer than 1, of about GATHER_CHUNK
+        elements each; the dims before it have length 1, so a region of a contiguous tensor is
+        contiguous."""
+        shape = self.shape
+        if not shape.numel():
+            return
+        if not shape:
+            yield (), sum(self.parts[1:], self.parts[0])
+            return
+        dim = next((d for d, size in enumerate(shape) if size > 1), len(shape) - 1)
+        step = max(1, GATHER_CHUNK // max(1, shape[dim + 1:].numel()))
+        for start in range(0, shape[dim], step):
+            region = (slice(None),) * dim + (slice(start, start + step),)
+            pieces = [p[region] if p.shape[dim] > 1 else p for p in self.parts]
+            yield region, sum(pieces[1:], pieces[0])
+
+    def take(self, values: Tensor) -> Tensor:
+        """values[index] for a 1-D `values` indexed like `table` (the codes in some dtype, or their
+        dequantized values)."""
+        out = torch.empty(self.shape, dtype=values.dtype, device=values.device)
+        for region, index in self.chunks():
+            torch.index_select(values, 0, index.reshape(-1), out=out[region].view(-1))
+        return out
+
+    def matmul(self, weight_codes: Tensor) -> Tensor:
+        """`integer_matmul(codes, weight_codes)`, each chunk of codes gathered in the matmul's dtype."""
+        shape = self.shape
+        dtype = exact_matmul_dtype(shape[-1], self.table.device)
+        values, weight_t = self.table.to(dtype), weight_codes.to(dtype).t()
+        out = torch.empty(*shape[:-1], weight_t.shape[1], dtype=torch.int32 if dtype == torch.int8 else dtype,
+                          device=values.device)
+        for region, index in self.chunks():
+            matmul_operands(lookup(values, index), weight_t, out=out[region])
+        return out.to(torch.int64)
 
 
 class NNAModule:
@@ -246,14 +312,16 @@ class NNAModule:
     def input_codes(self, x: Tensor, port: int = 0, int64: bool = True) -> Tensor:
         """The int64 codes of input `port`: exact for a producer's output, quantized for a model input.
 
-        With int64=False they may come as int32 (a producer's own codes, reused without a conversion
-        pass), for consumers whose arithmetic cannot overflow either way (tables, matmuls).
+        With int64=False they may come in any dtype that holds them exactly (a producer's own int8,
+        int32 or float codes, reused without a conversion pass), for consumers that convert them first
+        or cannot overflow either way (tables, matmuls).
         """
         lo, hi = self.numerics.act_range
         attached = _attached_codes(x, self.in_scales[port])
         if attached is not None and not _checks["grid"]:
-            inside = lo <= attached.bounds[0] and attached.bounds[1] <= hi
-            codes = attached.codes if inside else saturate(attached.codes, (lo, hi))
+            codes = attached.within((lo, hi))
+            if isinstance(codes, TableCodes):
+                return codes.take(codes.table.to(torch.int64 if int64 else torch.int32))
             return codes.to(torch.int64) if int64 else codes
         scale = self.in_scales[port].to(torch.float64)
         v = x.detach().to(torch.float64) / scale
@@ -264,19 +332,30 @@ class NNAModule:
                 raise NNAError(f"Input {port} of '{self.nna_name}' is {off:.3g} codes off the grid of "
                                f"'{self.input_sources[port]}'; something between them changed it in float.")
         codes = saturate(codes.to(torch.int64), (lo, hi))
-        if attached is not None and not torch.equal(codes, saturate(attached.codes, (lo, hi))):
+        if attached is not None and not torch.equal(codes, attached.dense((lo, hi))):
             raise NNAError(f"The codes '{self.nna_name}' reused for input {port} differ from its float value; "
                            "the code cache is stale.")
         return codes
 
-    def emit(self, codes: Tensor, scale: Tensor, surrogate: Tensor | None,
+    def input_table(self, x: Tensor, port: int = 0) -> TableCodes | None:
+        """The codes of input `port` as its producer handed them over in a table (saturated to the
+        activation range), or None (codes handed over as a tensor, a model input, grid checks on)."""
+        attached = _attached_codes(x, self.in_scales[port])
+        if attached is None or _checks["grid"] or not isinstance(attached.codes, TableCodes):
+            return None
+        return attached.within(self.numerics.act_range)
+
+    def emit(self, codes: Tensor | TableCodes, scale: Tensor, surrogate: Tensor | None,
              bounds: tuple[int, int] | None = None) -> Tensor:
         """code * scale in float32, carrying the float surrogate's gradient when there is one.
 
         Output codes (scale is `out_scale`, all in `bounds`, default the activation range) ride along
         on the returned tensor, so a consumer on the same scale takes them instead of dividing again.
         """
-        value = codes.to(torch.float32, copy=True).mul_(scale)
+        if isinstance(codes, TableCodes):
+            value = codes.take(codes.table.to(torch.float32).mul_(scale))
+        else:
+            value = codes.to(torch.float32, copy=True).mul_(scale)
         if surrogate is not None:
             if surrogate.shape == value.shape and surrogate.dtype == value.dtype:
                 value = _StraightThrough.apply(surrogate, value)
@@ -300,24 +379,52 @@ class NNAModule:
 
 
 class _AttachedCodes(NamedTuple):
-    codes: Tensor
+    codes: Tensor | TableCodes
     scale: float
     version: int
     bounds: tuple[int, int]
 
+    def within(self, bounds: tuple[int, int]) -> Tensor | TableCodes:
+        """The codes saturated to `bounds` (a table's on the table alone)."""
+        if bounds[0] <= self.bounds[0] and self.bounds[1] <= bounds[1]:
+            return self.codes
+        if isinstance(self.codes, TableCodes):
+            return self.codes._replace(table=saturate(self.codes.table, bounds))
+        return saturate(self.codes, bounds)
 
-def attach_codes(value: Tensor, codes: Tensor, scale: Tensor, bounds: tuple[int, int]) -> None:
+    def dense(self, bounds: tuple[int, int]) -> Tensor:
+        """`within(bounds)` as an int64 tensor."""
+        codes = self.within(bounds)
+        return codes.take(codes.table) if isinstance(codes, TableCodes) else codes.to(torch.int64)
+
+
+def attach_codes(value: Tensor, codes: Tensor | TableCodes, scale: Tensor, bounds: tuple[int, int]) -> None:
     """Let consumers of `value` (= codes * scale) take `codes` (all within `bounds`) instead of
     recovering them by a division; they are dropped when value changes in place or scales differ."""
     value._nna_codes = _AttachedCodes(codes, float(scale), value._version, bounds)
 
 
 def _attached_codes(x: Tensor, scale: Tensor) -> _AttachedCodes | None:
-    """The codes `x` was emitted from, if x is unchanged since and on the grid of `scale`."""
+    """The codes `x` was emitted from, if x is unchanged since and on the grid of `scale`; for a view
+    of an emitted tensor (a slice, an unsqueeze), the same view of its codes."""
     attached = getattr(x, "_nna_codes", None)
+    if attached is None and x._base is not None:
+        attached = _viewed(getattr(x._base, "_nna_codes", None), x, x._base)
     if attached is None or attached.version != x._version or attached.scale != float(scale):
         return None
     return attached
+
+
+def _viewed(attached: _AttachedCodes | None, view: Tensor, base: Tensor) -> _AttachedCodes | None:
+    """`attached` (base's codes) cut as `view` cuts base, where both lie alike in memory (emit's codes
+    and values do: the values are a same-layout copy of the codes)."""
+    if attached is None or isinstance(attached.codes, TableCodes) or view.dtype != base.dtype:
+        return None
+    codes = attached.codes
+    if codes.shape != base.shape or codes.stride() != base.stride():
+        return None
+    offset = codes.storage_offset() + view.storage_offset() - base.storage_offset()
+    return attached._replace(codes=codes.as_strided(view.shape, view.stride(), offset))
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -385,12 +492,11 @@ class _Affine(NNAWeighted):
     def forward(self, input: Tensor) -> Tensor:
         if self.check_ready():
             return self.calibration_forward((input,), lambda x: self.float_op(x, self.quantized("weight")))
-        p = self.integer_params()
+        p, n = self.integer_params(), self.numerics
         with torch.no_grad():
-            acc = self.integer_op(self.input_codes(input, int64=False), p["weight"])
-            acc = saturate(acc + self._channels(p["bias"]), self.numerics.acc_range)
-            codes = requantize(acc, self._channels(p["multiplier"]), self._channels(p["shift"]),
-                               self.numerics.rounding, self.numerics.act_range)
+            acc = self.integer_acc(input, p["weight"]).add_(self._channels(p["bias"])).clamp_(*n.acc_range)
+            codes = requantize_(acc, self._channels(p["multiplier"]), self._channels(p["shift"]), n.rounding,
+                                n.act_range)
         surrogate = self.float_op(input, self.quantized("weight")) if _grad_wanted() else None
         return self.emit(codes, self.out_scale, surrogate)
 
@@ -401,8 +507,12 @@ class NNALinear(_Affine, nn.Linear):
     def float_op(self, x: Tensor, weight: Tensor) -> Tensor:
         return F.linear(x, weight, self.bias)
 
-    def integer_op(self, codes: Tensor, weight_codes: Tensor) -> Tensor:
-        return integer_matmul(codes, weight_codes)
+    def integer_acc(self, input: Tensor, weight_codes: Tensor) -> Tensor:
+        """The accumulators (a fresh int64 tensor) of the input codes times the weight codes."""
+        table = self.input_table(input)
+        if table is not None:
+            return table.matmul(weight_codes)
+        return integer_matmul(self.input_codes(input, int64=False), weight_codes)
 
 
 class NNAConv1d(_Affine, nn.Conv1d):
@@ -423,11 +533,15 @@ class NNAConv1d(_Affine, nn.Conv1d):
     def float_op(self, x: Tensor, weight: Tensor) -> Tensor:
         return self._conv_forward(x, weight, self.bias)
 
-    def integer_op(self, codes: Tensor, weight_codes: Tensor) -> Tensor:
+    def integer_acc(self, input: Tensor, weight_codes: Tensor) -> Tensor:
         # As matmuls over unfolded windows, so exactness rests on the float64 GEMM alone (a
         # convolution backend may pick FFT or Winograd algorithms, which round).
+        codes = self.input_codes(input, int64=False)
         (stride,), (padding,), (dilation,) = self.stride, self.padding, self.dilation
         kernel = weight_codes.shape[-1]
+        # In the matmul's operand dtype before the windows are copied out (int8: 8x less to copy).
+        dtype = exact_matmul_dtype(weight_codes[0].numel(), codes.device) if self.groups == 1 else torch.float64
+        codes = codes.to(dtype)
         x = F.pad(codes, (padding, padding)) if padding else codes
         windows = x.unfold(-1, dilation * (kernel - 1) + 1, stride)[..., ::dilation]  # (..., C, L, k)
         if self.groups == 1:
@@ -498,12 +612,22 @@ class NNAOp(NNAModule, nn.Module):
 
 class NNAAdd(NNAOp):
     """Saturating add alpha * a + beta * b of two int8 tensors of different scales: the constant factors
-    fold into the two multipliers, which share one shift and one rounding."""
+    fold into the two multipliers, which share one shift and one rounding.
+
+    The result is a function of the two input codes alone, so the forward looks it up in a table of
+    every code pair, built by `requantize_sum` itself, and hands it over as `TableCodes`.
+    """
 
     op_name: ClassVar[str] = "add"
     input_ports = 2
     alpha: float = 1.0
     beta: float = 1.0
+
+    def __init__(self, numerics: NNANumerics | None = None) -> None:
+        super().__init__(numerics)
+        # Derived from the frozen scales by prepare(), so not saved.
+        self.register_buffer("table", torch.zeros(1 << (2 * self.numerics.activation_bits), dtype=torch.int64),
+                             persistent=False)
 
     @classmethod
     def from_op(cls, module: nn.Module, numerics: NNANumerics | None = None) -> NNAAdd:
@@ -521,6 +645,13 @@ class NNAAdd(NNAOp):
                                         self.numerics, self.out_scale.device)
         return {"multipliers": torch.stack([m_a, m_b]), "shift": shift}
 
+    def prepare(self) -> None:
+        """The table: entry (a - lo) * 2^bits + (b - lo) is the add of codes a and b."""
+        p, n = self.integer_params(), self.numerics
+        codes = torch.from_numpy(lut_inputs(n.activation_bits)).to(self.out_scale.device)
+        self.table = requantize_sum([codes[:, None], codes[None, :]], list(p["multipliers"]), p["shift"],
+                                    n.rounding, n.act_range).reshape(-1)
+
     def float_op(self, a: Tensor, b: Tensor) -> Tensor:
         if self.alpha != 1.0:
             a = self.alpha * a
@@ -531,13 +662,12 @@ class NNAAdd(NNAOp):
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         if self.check_ready():
             return self.calibration_forward((a, b), self.float_op)
-        p = self.integer_params()
         n = self.numerics
+        lo = n.act_range[0]
         with torch.no_grad():
-            peak = -n.act_range[0]
-            codes = requantize_sum_narrow([self.input_codes(a, 0), self.input_codes(b, 1)],
-                                          list(p["multipliers"]), p["shift"], n.rounding, n.act_range,
-                                          [peak, peak])
+            index_a = self.input_codes(a, 0, int64=False).to(torch.int32, copy=True).sub_(lo)
+            index_b = self.input_codes(b, 1, int64=False).to(torch.int32, copy=True).sub_(lo)
+            codes = TableCodes.of(self.table, [index_a.bitwise_left_shift_(n.activation_bits), index_b])
         return self.emit(codes, self.out_scale, self.float_op(a, b) if _grad_wanted() else None)
 
     def extra_repr(self) -> str:
@@ -580,9 +710,15 @@ class NNALookup(NNAOp):
     def forward(self, x: Tensor) -> Tensor:
         if self.check_ready():
             return self.calibration_forward((x,), self.float_fn, observe=not self.bounded)
+        lo = self.numerics.act_range[0]
         with torch.no_grad():
-            # int32 entries (at most lut_bits wide) halve the traffic of the output and its consumers.
-            codes = lookup(self.lut.to(torch.int32), self.input_codes(x, int64=False) - self.numerics.act_range[0])
+            # Behind a table (an add's), the two tables compose: the input codes are never gathered.
+            table = self.input_table(x)
+            if table is not None:
+                codes = table.then(self.lut, -lo)
+            else:
+                index = self.input_codes(x, int64=False).to(torch.int32, copy=True).sub_(lo)
+                codes = TableCodes.of(self.lut, [index])
         return self.emit(codes, self.out_scale, self.float_fn(x) if _grad_wanted() else None,
                          bounds=self.numerics.lut_range)
 

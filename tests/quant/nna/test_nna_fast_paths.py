@@ -6,24 +6,79 @@ import pytest
 import torch
 
 from mpsearch.quant import Policy, QuantConfig, apply
-from mpsearch.quant.nna import calibrate_nna
+from mpsearch.quant.nna import NNANumerics, calibrate_nna, checking_grid, modules
 from mpsearch.quant.nna.lstm import SurrogateLSTMLayer, _float_cell
-from mpsearch.quant.nna.modules import requantize_sum_narrow
+from mpsearch.quant.nna.modules import GATHER_CHUNK, NNAAdd, TableCodes
 from mpsearch.quant.nna.numerics import ROUNDINGS, requantize_sum
 
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)
-@pytest.mark.parametrize("multiplier_bits, shift", [(15, 15), (15, 3), (12, 0), (22, 30), (30, 40)])
-def test_narrow_requantize_sum_equals_the_int64_one(rounding, multiplier_bits, shift):
-    g = torch.Generator().manual_seed(multiplier_bits * 100 + shift)
+@pytest.mark.parametrize("multiplier_bits, scales", [(15, (0.03, 0.011, 0.02)), (11, (0.5, 0.004, 0.01)),
+                                                      (30, (0.007, 0.007, 0.1))])
+def test_add_table_equals_requantize_sum(rounding, multiplier_bits, scales):
+    add = NNAAdd(NNANumerics(rounding=rounding, multiplier_bits=multiplier_bits))
+    add.in_scales.copy_(torch.tensor(scales[:2]))
+    add.out_scale.fill_(scales[2])
+    add.phase = "frozen"
+    add.prepare()
+    g = torch.Generator().manual_seed(multiplier_bits)
     a = torch.randint(-128, 128, (5, 7, 1, 16), generator=g)
     b = torch.randint(-128, 128, (5, 1, 9, 16), generator=g)
     a[0, 0, 0, :4] = torch.tensor([-128, 127, -128, 127])  # the extremes
     b[0, 0, 0, :4] = torch.tensor([-128, 127, 127, -128])
-    m = [torch.randint(1, 1 << multiplier_bits, (), generator=g) for _ in range(2)]
-    expected = requantize_sum([a, b], m, torch.tensor(shift), rounding, (-128, 127))
-    got = requantize_sum_narrow([a, b], m, torch.tensor(shift), rounding, (-128, 127), [128, 128])
-    assert torch.equal(got.to(torch.int64), expected)
+    with torch.no_grad():
+        out = add(a * add.in_scales[0], b * add.in_scales[1])
+    p = add.integer_params()
+    expected = requantize_sum([a, b], list(p["multipliers"]), p["shift"], rounding, (-128, 127))
+    assert torch.equal(out._nna_codes.dense((-128, 127)), expected)
+    assert torch.equal(out, expected.to(torch.float32) * add.out_scale)
+
+
+@pytest.mark.parametrize("chunk", [GATHER_CHUNK, 7])
+@pytest.mark.parametrize("matmul_dtype", [torch.int8, torch.float32, torch.float64])
+def test_table_codes_gather_and_multiply_as_the_dense_codes(monkeypatch, chunk, matmul_dtype):
+    monkeypatch.setattr(modules, "GATHER_CHUNK", chunk)
+    monkeypatch.setattr(modules, "exact_matmul_dtype", lambda inner, device: matmul_dtype)
+    g = torch.Generator().manual_seed(0)
+    table = torch.randint(-128, 128, (1 << 16,), generator=g)
+    parts = [torch.randint(0, 256, (3, 5, 1, 8), generator=g, dtype=torch.int32) << 8,
+             torch.randint(0, 256, (1, 9, 8), generator=g, dtype=torch.int32)]
+    codes = TableCodes.of(table, parts)
+    dense = table[(parts[0] + parts[1]).long()]
+    assert codes.shape == dense.shape
+    assert torch.equal(codes.take(table), dense)
+    assert torch.equal(codes.take(table.to(torch.float32) * 0.1), dense.to(torch.float32) * 0.1)
+    weight = torch.randint(-128, 128, (6, 8), generator=g)
+    assert torch.equal(codes.matmul(weight), dense @ weight.t())
+    scalar = TableCodes.of(table, [torch.tensor(5, dtype=torch.int32)])
+    assert torch.equal(scalar.take(table), table[5])
+
+
+@pytest.mark.parametrize("numerics", [None, NNANumerics(multiplier_bits=30, rounding="half_even"),
+                                      NNANumerics(multiplier_bits=11, rounding="half_away")],
+                         ids=["half_up", "half_even", "half_away"])
+def test_unchecked_forward_equals_the_grid_checked_one(monkeypatch, tiny_rnnt, speech, numerics):
+    """Grid checks recover every input from its float value; without them, consumers take codes as
+    their producer handed them over: through views, as tables composed (add -> tanh) and gathered
+    chunk by chunk into the matmul (tanh -> linear)."""
+    monkeypatch.setattr(modules, "GATHER_CHUNK", 100)
+    emulated = apply(tiny_rnnt, Policy.uniform(QuantConfig(weight_bits=8)), emulation="nna", numerics=numerics)
+    calibrate_nna(emulated, [speech.calibration])
+    emulated.eval()
+    feats, feat_lens, targets, target_lens = speech.evaluation
+
+    def outputs():
+        enc, _ = emulated.encode(feats, feat_lens)
+        pred = emulated.predictor(targets, target_lens)
+        return enc, pred, emulated.joiner(enc[:, :, None], pred[:, None]), emulated.greedy_decode(feats, feat_lens)
+
+    with torch.no_grad():
+        with checking_grid():
+            expected = outputs()
+        got = outputs()
+    for a, b in zip(got[:3], expected[:3]):
+        assert torch.equal(a, b)
+    assert got[3] == expected[3]
 
 
 def _unrolled_surrogate(projected, w_hh, h0, c0, hidden_values, cell_values):
