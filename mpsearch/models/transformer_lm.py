@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from mpsearch.config import Section
 from mpsearch.models.conformer import MultiHeadSelfAttention
+from mpsearch.models.ops import Add
 
 BOUNDARY = 0  # the blank label marks both the start and the end of a sentence
 
@@ -57,10 +58,13 @@ class DecoderBlock(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)
         self.mlp_norm = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config.d_model, config.ff_mult, config.dropout)
+        # residual adds as modules, so integer emulation can replace them (they hold no weights)
+        self.attn_residual = Add()
+        self.mlp_residual = Add()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn_dropout(self.attn(self.attn_norm(x), causal=True))
-        return x + self.mlp(self.mlp_norm(x))
+        x = self.attn_residual(x, self.attn_dropout(self.attn(self.attn_norm(x), causal=True)))
+        return self.mlp_residual(x, self.mlp(self.mlp_norm(x)))
 
 
 class TransformerLM(nn.Module):

@@ -13,6 +13,7 @@ from mpsearch.quant.nna.modules import (
     NNAAdd,
     NNAConv1d,
     NNAEmbedding,
+    NNAGELU,
     NNALinear,
     NNAModule,
     NNAReLU,
@@ -39,7 +40,8 @@ NNA_MODULES: dict[type[nn.Module], type[NNAWeighted]] = {
     nn.LSTM: NNALSTM,
 }
 # Float ops (torch modules, or model op modules by their `op_name`) -> integer versions.
-NNA_OPS = {nn.ReLU: NNAReLU, nn.Tanh: NNATanh, nn.Sigmoid: NNASigmoid, nn.SiLU: NNASiLU, nn.GLU: NNAGLU}
+NNA_OPS = {nn.ReLU: NNAReLU, nn.Tanh: NNATanh, nn.Sigmoid: NNASigmoid, nn.SiLU: NNASiLU, nn.GELU: NNAGELU,
+           nn.GLU: NNAGLU}
 NNA_NAMED_OPS = {"add": NNAAdd, "mul": NNAMul, "matmul": NNAMatMul, "softmax": NNASoftmax, "rotary": NNARotary,
                  "mask": NNAMask}
 # Leaves that compute nothing once dropout is off.

@@ -58,7 +58,7 @@ def _kind(module: NNAModule) -> str:
     if isinstance(module, NNALookup):
         return module.function
     raise NNAError(f"No integer export for {type(module).__name__}; supported: "
-                   f"{', '.join(kind for _, kind in KINDS)}, tanh, sigmoid, silu.")
+                   f"{', '.join(kind for _, kind in KINDS)}, tanh, sigmoid, silu, gelu.")
 
 
 def _site(name: str, codes: torch.Tensor, bits: int) -> dict[str, Any]:

@@ -684,7 +684,7 @@ class NNAAdd(NNAOp):
 class NNALookup(NNAOp):
     """A non-linearity by a 2^activation_bits-entry table indexed by the input code.
 
-    A bounded function (sigmoid, tanh) has output scale 1/127; an unbounded one (SiLU) the calibrated
+    A bounded function (sigmoid, tanh) has output scale 1/127; an unbounded one (SiLU, GELU) the calibrated
     range of its output, and its table saturates beyond it.
     """
 
@@ -705,7 +705,7 @@ class NNALookup(NNAOp):
         self.lut = torch.from_numpy(table).to(self.in_scales.device)
 
     def float_fn(self, x: Tensor) -> Tensor:
-        return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu}[self.function](x)
+        return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu, "gelu": F.gelu}[self.function](x)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.check_ready():
@@ -737,6 +737,13 @@ class NNASiLU(NNALookup):
     """x * sigmoid(x) (SiLU, Swish) as one table at the calibrated output scale."""
 
     function = "silu"
+    bounded = False
+
+
+class NNAGELU(NNALookup):
+    """GELU (Transformer MLPs) as one table at the calibrated output scale."""
+
+    function = "gelu"
     bounded = False
 
 

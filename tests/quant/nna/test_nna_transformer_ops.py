@@ -272,3 +272,31 @@ def test_add_with_a_negative_factor_is_refused():
 
     with pytest.raises(NNAError, match="non-negative factors"):
         apply(Sub(), W8, emulation="nna")
+
+
+def test_the_gelu_table_is_within_half_a_code_of_float():
+    from mpsearch.quant.nna.numerics import LUT_FUNCTIONS, build_lut
+
+    numerics = NNANumerics()
+    in_scale, out_scale = 6 / 127, 6 / 127
+    table = build_lut(LUT_FUNCTIONS["gelu"], in_scale, out_scale, numerics.activation_bits, numerics.lut_bits)
+    codes = np.arange(-128, 128)
+    want = torch.nn.functional.gelu(torch.from_numpy(codes * in_scale)).numpy()
+    assert np.abs(table[codes + 128] * out_scale - want).max() <= 0.5 * out_scale + 1e-9
+
+
+def test_the_transformer_lm_runs_under_nna_emulation_close_to_float():
+    from mpsearch.models.transformer_lm import TransformerLM, TransformerLMConfig
+
+    torch.manual_seed(0)
+    model = TransformerLM(TransformerLMConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=4))
+    emulated = apply(model, Policy.uniform(QuantConfig(weight_bits=8, act_bits=8)), emulation="nna")
+    batches = [(torch.randint(1, 30, (4, 12)), torch.tensor([12, 10, 8, 5])) for _ in range(3)]
+    calibrate_nna(emulated, batches[:2])
+    model.eval(), emulated.eval()
+    with torch.no_grad(), checking_grid():  # every input on its producer's grid: nothing ran in float
+        float_loss, emulated_loss = float(model(*batches[2])), float(emulated(*batches[2]))
+    assert abs(emulated_loss - float_loss) < 0.02 * float_loss
+    emulated.train()
+    emulated(*batches[2]).backward()
+    assert all(p.grad is not None for p in emulated.parameters() if p.requires_grad)
