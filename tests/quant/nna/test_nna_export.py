@@ -91,7 +91,7 @@ def test_executor_sources_import_nothing_from_torch():
         imported = {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module for node in nodes if isinstance(node, ast.ImportFrom)}
         assert not {m for m in imported if m and m.split(".")[0] == "torch"}, name
-        assert imported <= {"__future__", "json", "pathlib", "typing", "dataclasses", "numpy",
+        assert imported <= {"__future__", "json", "math", "pathlib", "typing", "dataclasses", "numpy",
                              "collections.abc", "mpsearch.errors", "mpsearch.quant.nna.errors",
                              "mpsearch.quant.nna.numerics", "mpsearch.quant.nna.fileformat"}, name
 
