@@ -208,8 +208,9 @@ class StudyReport:
             parts.append(f"<h3>Knee of the front ({KNEE_POLICY}; {origin})</h3>")
             if trial is not None:
                 row = self.table.row(trial)
-                metrics = [(k, row[k]) for k in ("wer", "test_wer", "latency_ms", "size_bytes", "avg_weight_bits")
-                           if k in row]
+                from mpsearch.search.pareto import METRIC_COLUMNS
+
+                metrics = [(k, row[k]) for k in METRIC_COLUMNS if k in row]
                 parts.append(_key_value_table(metrics, ("metric", "value")))
             parts.append(_frame_table(policy_frame(self.knee_policy)))
         trained = sorted(self.folder.glob("trained/*/metrics.json"))

@@ -87,7 +87,7 @@ def print_front(cfg, rows: str = "front", plot: bool = True):
 
 def run_export(args) -> int:
     from mpsearch.config import StudyConfig
-    from mpsearch.search.pareto import format_value, load_front_table
+    from mpsearch.search.pareto import METRIC_COLUMNS, format_value, load_front_table
     from mpsearch.search.pick import pick_trial
 
     cfg = StudyConfig.from_yaml(args.study)
@@ -97,8 +97,8 @@ def run_export(args) -> int:
     row = picked.row
     print(f"trial {picked.number} ({row['origin'] or 'unknown origin'}), chosen as {picked.reason}"
           f"{'' if row['on_front'] else '; not on the front'}")
-    for name in [*table.objectives, *(c for c in ("wer", "test_wer", "latency_ms", "size_bytes", "avg_weight_bits")
-                                      if c not in table.objectives), *table.group_columns]:
+    for name in [*table.objectives, *(c for c in METRIC_COLUMNS if c not in table.objectives and c in row),
+                 *table.group_columns]:
         print(f"  {name:<28} {format_value(row.get(name))}")
     picked.policy.save(args.out)
     print(f"wrote {args.out}; train it with:  mpsearch train {args.study} --policy {args.out}")

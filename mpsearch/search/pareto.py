@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 ERROR_METRICS = ("wer", "cer")
 REFERENCE_MARGIN = 1.1
 UNIFORM_REFERENCE_ORIGIN = "uniform-8"
-METRIC_COLUMNS = ("wer", "test_wer", "latency_ms", "size_bytes", "avg_weight_bits")
+# what a trial's model scores (a speech model WER, a language model perplexity), then its hardware cost
+QUALITY_COLUMNS = ("wer", "test_wer", "perplexity", "test_perplexity")
+METRIC_COLUMNS = (*QUALITY_COLUMNS, "latency_ms", "size_bytes", "avg_weight_bits")
 
 
 # --- geometry ---------------------------------------------------------------------------------------------
@@ -187,6 +189,8 @@ class FrontTable:
         rows = [_row(t, objectives, prefixes, other_params, group_sites) for t in kept]
         columns = _columns(objectives, prefixes, other_params)
         frame = pd.DataFrame(rows, columns=columns)
+        # a speech study has no perplexity, a language model no WER: leave out what no trial measured
+        frame = frame.drop(columns=[c for c in QUALITY_COLUMNS if c not in objectives and frame[c].isna().all()])
         points = frame[list(objectives)].to_numpy(dtype=float) if len(frame) else np.zeros((0, len(objectives)))
         finite = np.isfinite(points).all(axis=1)
         on_front = np.zeros(len(frame), dtype=bool)
