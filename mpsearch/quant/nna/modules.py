@@ -352,7 +352,9 @@ class NNAModule:
         Output codes (scale is `out_scale`, all in `bounds`, default the activation range) ride along
         on the returned tensor, so a consumer on the same scale takes them instead of dividing again.
         """
-        if isinstance(codes, TableCodes):
+        if isinstance(codes, TableCodes) and surrogate is None and scale is self.out_scale and not _checks["grid"]:
+            value = DeferredValue(codes, scale)
+        elif isinstance(codes, TableCodes):
             value = codes.take(codes.table.to(torch.float32).mul_(scale))
         else:
             value = codes.to(torch.float32, copy=True).mul_(scale)
@@ -425,6 +427,41 @@ def _viewed(attached: _AttachedCodes | None, view: Tensor, base: Tensor) -> _Att
         return None
     offset = codes.storage_offset() + view.storage_offset() - base.storage_offset()
     return attached._replace(codes=codes.as_strided(view.shape, view.stride(), offset))
+
+
+class DeferredValue(Tensor):
+    """The float value code * scale of table-held codes, computed only when something reads it.
+
+    Without gradients, an add or a lookup table hands its codes to the next NNA module, which reads
+    only them: the RNN-T joiner's add and tanh would otherwise each write a (B, T, U, J) float32
+    lattice nobody reads. Any other use (a float op, printing, returning it) goes through
+    __torch_dispatch__, which computes the dense value once and runs the op on it, so the result is
+    the same as if it had been computed up front.
+    """
+
+    @staticmethod
+    def __new__(cls, codes: TableCodes, scale: Tensor) -> DeferredValue:
+        return Tensor._make_wrapper_subclass(cls, codes.shape, dtype=torch.float32, device=codes.table.device)
+
+    def __init__(self, codes: TableCodes, scale: Tensor) -> None:
+        self._table_codes, self._scale, self._dense = codes, scale, None
+
+    def dense(self) -> Tensor:
+        if self._dense is None:
+            self._dense = self._table_codes.take(self._table_codes.table.to(torch.float32).mul_(self._scale))
+        return self._dense
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_map
+
+        def unwrap(x):
+            return x.dense() if isinstance(x, DeferredValue) else x
+
+        return func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
+
+    def __repr__(self) -> str:
+        return repr(self.dense())
 
 
 class _StraightThrough(torch.autograd.Function):

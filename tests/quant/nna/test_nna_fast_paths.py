@@ -8,7 +8,7 @@ import torch
 from mpsearch.quant import Policy, QuantConfig, apply
 from mpsearch.quant.nna import NNANumerics, calibrate_nna, checking_grid, modules
 from mpsearch.quant.nna.lstm import SurrogateLSTMLayer, _float_cell
-from mpsearch.quant.nna.modules import GATHER_CHUNK, NNAAdd, TableCodes
+from mpsearch.quant.nna.modules import GATHER_CHUNK, DeferredValue, NNAAdd, TableCodes
 from mpsearch.quant.nna.numerics import ROUNDINGS, requantize_sum
 
 
@@ -132,3 +132,26 @@ def test_training_forward_equals_the_checked_inference_forward(tiny_rnnt, speech
     for got, want in zip(outputs(), expected):  # with grad: the surrogate paths run beside the integers
         assert got.requires_grad
         assert torch.equal(got.detach(), want)
+
+
+def test_a_deferred_lattice_value_reads_as_the_dense_one(tiny_rnnt, speech):
+    """Without gradients the joiner's add and tanh hand over codes and defer their float values; any
+    read of such a value (float op, view, in-place change) sees what an eager computation gives."""
+    emulated = apply(tiny_rnnt, Policy.uniform(QuantConfig(weight_bits=8)), emulation="nna")
+    calibrate_nna(emulated, [speech.calibration])
+    emulated.eval()
+    feats, feat_lens, targets, target_lens = speech.evaluation
+    joiner = emulated.joiner
+    with torch.no_grad():
+        enc, _ = emulated.encode(feats, feat_lens)
+        pred = emulated.predictor(targets, target_lens)
+        hidden = joiner.activation(joiner.add(enc[:, :, None], pred[:, None]))
+        with checking_grid():  # every value computed eagerly and every input recovered from it
+            eager = joiner.activation(joiner.add(enc[:, :, None], pred[:, None]))
+            eager_out = joiner.out(eager * 2)
+        assert isinstance(hidden, DeferredValue) and type(eager) is torch.Tensor
+        assert hidden.shape == eager.shape and hidden.dtype == eager.dtype
+        assert torch.equal(hidden + 0, eager) and torch.equal(hidden[1, :3], eager[1, :3])
+        assert torch.equal(joiner.out(hidden), joiner.out(eager))
+        hidden.mul_(2)  # changed in place: its codes no longer hold, the consumer reads the new value
+        assert torch.equal(joiner.out(hidden), eager_out)
