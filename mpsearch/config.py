@@ -51,7 +51,7 @@ class DataConfig(Section):
     utterances: int = Field(4000, ge=10, description="builtin: utterances synthesised in total")
     seed: int = 0
     path: str | None = Field(None, description="builtin: corpus folder (default: beside the study folder, "
-                                                  "corpus/builtin-seed<seed>-n<utterances>)")
+                                                  "corpus/builtin-v<version>-seed<seed>-n<utterances>)")
     train: str | None = Field(None, description="manifest: train JSONL; librispeech: a LibriSpeech split folder")
     dev: str | None = None
     test: str | None = None

@@ -6,6 +6,7 @@ skips finished stages and a kill loses at most the work in flight.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -97,7 +98,10 @@ class Study:
 
     @property
     def baseline_key(self) -> str:
-        return config_hash(self.cfg.data, self.cfg.model, self.cfg.train)
+        """What the float baseline depends on: data, model and training settings, and the manifests'
+        contents (a new corpus version, or a user's edited manifest, trains a new baseline)."""
+        digests = {split: hashlib.sha256(path.read_bytes()).hexdigest() for split, path in self.manifests.items()}
+        return config_hash(self.cfg.data, self.cfg.model, self.cfg.train, digests)
 
     def baseline(self) -> tuple[torch.nn.Module, dict]:
         """The float baseline: trained once, then loaded; retrained if its config changed."""

@@ -1,6 +1,7 @@
 """The study's first stages end to end on a tiny real corpus: manifests, features, baseline."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -52,6 +53,18 @@ def test_changed_model_config_retrains_and_keeps_the_old_baseline(tiny_study):
     cfg = StudyConfig.from_yaml(tiny_study)
     assert json.loads((cfg.study_dir / "baseline" / "metrics.json").read_text())["train_steps"] == 4
     assert len(list(cfg.study_dir.glob("baseline-*"))) == 1
+
+
+def test_an_edited_manifest_trains_a_new_baseline(tiny_study, tmp_path):
+    # the same settings over other data (a new corpus version, a user's edited manifest) is another baseline
+    data = yaml.safe_load(tiny_study.read_text())
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(Path(data["data"]["dev"]).read_text())
+    data["data"]["dev"] = str(dev)
+    tiny_study.write_text(yaml.safe_dump(data))
+    before = Study(StudyConfig.from_yaml(tiny_study), progress=False).baseline_key
+    dev.write_text("\n".join(dev.read_text().splitlines()[:-1]) + "\n")  # same path, one utterance fewer
+    assert Study(StudyConfig.from_yaml(tiny_study), progress=False).baseline_key != before
 
 
 def test_missing_manifest_is_a_one_line_error(tmp_path, capsys):

@@ -13,10 +13,12 @@ SPLITS = ("train", "dev", "test")
 
 def resolve_manifests(cfg: DataConfig, study_dir: Path, progress: bool = True) -> dict[str, Path]:
     if cfg.corpus == "builtin":
-        from mpsearch.data.synth import synthesize_corpus
+        from mpsearch.data.synth import CORPUS_VERSION, synthesize_corpus
 
-        # Beside the study folders, keyed by what makes it, so studies on the same corpus share it.
-        out = Path(cfg.path) if cfg.path else study_dir.parent / "corpus" / f"builtin-seed{cfg.seed}-n{cfg.utterances}"
+        # Beside the study folders, keyed by what makes it, so studies on the same corpus share it and a
+        # new corpus version gets a folder of its own instead of clashing with the old one.
+        name = f"builtin-v{CORPUS_VERSION}-seed{cfg.seed}-n{cfg.utterances}"
+        out = Path(cfg.path) if cfg.path else study_dir.parent / "corpus" / name
         return {k: Path(v) for k, v in synthesize_corpus(out, utterances=cfg.utterances, seed=cfg.seed).items()}
     missing = [s for s in SPLITS if getattr(cfg, s) is None]
     if missing:
