@@ -54,6 +54,21 @@ def test_table_codes_gather_and_multiply_as_the_dense_codes(monkeypatch, chunk, 
     assert torch.equal(scalar.take(table), table[5])
 
 
+def calibrated(model, speech, numerics=None):
+    """`model` under NNA emulation, 8-bit weights, calibrated on the speech fixture, in eval mode."""
+    emulated = apply(model, Policy.uniform(QuantConfig(weight_bits=8)), emulation="nna", numerics=numerics)
+    calibrate_nna(emulated, [speech.calibration])
+    return emulated.eval()
+
+
+def rnnt_outputs(emulated, speech):
+    """Encoder output, predictor output and the joiner's lattice on the evaluation utterances."""
+    feats, feat_lens, targets, target_lens = speech.evaluation
+    enc, _ = emulated.encode(feats, feat_lens)
+    pred = emulated.predictor(targets, target_lens)
+    return enc, pred, emulated.joiner(enc[:, :, None], pred[:, None])
+
+
 @pytest.mark.parametrize("numerics", [None, NNANumerics(multiplier_bits=30, rounding="half_even"),
                                       NNANumerics(multiplier_bits=11, rounding="half_away")],
                          ids=["half_up", "half_even", "half_away"])
@@ -62,15 +77,11 @@ def test_unchecked_forward_equals_the_grid_checked_one(monkeypatch, tiny_rnnt, s
     their producer handed them over: through views, as tables composed (add -> tanh) and gathered
     chunk by chunk into the matmul (tanh -> linear)."""
     monkeypatch.setattr(modules, "GATHER_CHUNK", 100)
-    emulated = apply(tiny_rnnt, Policy.uniform(QuantConfig(weight_bits=8)), emulation="nna", numerics=numerics)
-    calibrate_nna(emulated, [speech.calibration])
-    emulated.eval()
-    feats, feat_lens, targets, target_lens = speech.evaluation
+    emulated = calibrated(tiny_rnnt, speech, numerics)
+    feats, feat_lens, _, _ = speech.evaluation
 
     def outputs():
-        enc, _ = emulated.encode(feats, feat_lens)
-        pred = emulated.predictor(targets, target_lens)
-        return enc, pred, emulated.joiner(enc[:, :, None], pred[:, None]), emulated.greedy_decode(feats, feat_lens)
+        return (*rnnt_outputs(emulated, speech), emulated.greedy_decode(feats, feat_lens))
 
     with torch.no_grad():
         with checking_grid():
@@ -117,19 +128,10 @@ def test_surrogate_lstm_layer_gradients_equal_the_unrolled_autograd_ones():
 
 
 def test_training_forward_equals_the_checked_inference_forward(tiny_rnnt, speech):
-    emulated = apply(tiny_rnnt, Policy.uniform(QuantConfig(weight_bits=8)), emulation="nna")
-    calibrate_nna(emulated, [speech.calibration])
-    emulated.eval()
-    feats, feat_lens, targets, target_lens = speech.evaluation
-
-    def outputs():
-        enc, _ = emulated.encode(feats, feat_lens)
-        pred = emulated.predictor(targets, target_lens)
-        return enc, pred, emulated.joiner(enc[:, :, None], pred[:, None])
-
+    emulated = calibrated(tiny_rnnt, speech)
     with torch.no_grad():
-        expected = outputs()
-    for got, want in zip(outputs(), expected):  # with grad: the surrogate paths run beside the integers
+        expected = rnnt_outputs(emulated, speech)
+    for got, want in zip(rnnt_outputs(emulated, speech), expected):  # with grad: the surrogate paths run beside the integers
         assert got.requires_grad
         assert torch.equal(got.detach(), want)
 
@@ -137,14 +139,10 @@ def test_training_forward_equals_the_checked_inference_forward(tiny_rnnt, speech
 def test_a_deferred_lattice_value_reads_as_the_dense_one(tiny_rnnt, speech):
     """Without gradients the joiner's add and tanh hand over codes and defer their float values; any
     read of such a value (float op, view, in-place change) sees what an eager computation gives."""
-    emulated = apply(tiny_rnnt, Policy.uniform(QuantConfig(weight_bits=8)), emulation="nna")
-    calibrate_nna(emulated, [speech.calibration])
-    emulated.eval()
-    feats, feat_lens, targets, target_lens = speech.evaluation
+    emulated = calibrated(tiny_rnnt, speech)
     joiner = emulated.joiner
     with torch.no_grad():
-        enc, _ = emulated.encode(feats, feat_lens)
-        pred = emulated.predictor(targets, target_lens)
+        enc, pred, _ = rnnt_outputs(emulated, speech)
         hidden = joiner.activation(joiner.add(enc[:, :, None], pred[:, None]))
         with checking_grid():  # every value computed eagerly and every input recovered from it
             eager = joiner.activation(joiner.add(enc[:, :, None], pred[:, None]))
