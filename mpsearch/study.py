@@ -96,7 +96,7 @@ class Study:
     def baseline_dir(self) -> Path:
         return self.dir / "baseline"
 
-    @property
+    @cached_property
     def baseline_key(self) -> str:
         """What the float baseline depends on: data, model and training settings, and the manifests'
         contents (a new corpus version, or a user's edited manifest, trains a new baseline)."""

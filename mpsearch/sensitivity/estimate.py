@@ -109,10 +109,10 @@ class SampleLog:
                     corr[l, m] = corr[m, l] = float(np.corrcoef(a, b)[0, 1])
         return corr
 
-    def _segments(self, site: int) -> list[np.ndarray]:
-        """Row indices of the site's segments: cut where the probed set changed, none shorter than
-        `min_segment` (a short tail joins the segment before it)."""
-        rows = np.flatnonzero(~np.isnan(self.samples[:, site]))
+    def _segments(self, column: np.ndarray) -> list[np.ndarray]:
+        """Row indices of one site's segments (`column`: its samples, NaN where not sampled): cut where
+        the probed set changed, none shorter than `min_segment` (a short tail joins the one before it)."""
+        rows = np.flatnonzero(~np.isnan(column))
         epochs = np.asarray(self._epochs)[rows]
         segments: list[list[int]] = [[]]
         for k, row in enumerate(rows):
@@ -136,18 +136,18 @@ class SampleLog:
         for site in range(n_sites):
             if self.counts[site] == 0:
                 continue
-            segments = self._segments(site) if self.counts[site] >= 2 else [np.flatnonzero(~np.isnan(x[:, site]))]
+            segments = self._segments(x[:, site])
             values = [x[rows, site] for rows in segments]
             variances = np.array([v.var(ddof=1) if len(v) >= 2 else math.inf for v in values])
             sizes = np.array([len(v) for v in values], dtype=float)
-            if len(segments) == 1 or not np.all(variances > 0):
-                # one segment, or a noiseless one: the plain mean over all samples
-                rows = np.concatenate(segments)
-                values, segments = [x[rows, site]], [rows]
-                variances = np.array([values[0].var(ddof=1) if len(rows) >= 2 else math.inf])
-                sizes = np.array([float(len(rows))])
-            weights = sizes / variances if np.all(np.isfinite(variances)) and np.all(variances > 0) else sizes
-            weights = weights / weights.sum()
+            if len(segments) > 1 and np.all(variances > 0):
+                weights = sizes / variances  # every segment has >= min_segment >= 2 samples: finite
+                weights = weights / weights.sum()
+            else:  # one segment, or a noiseless one: the plain mean over all samples
+                segments = [np.concatenate(segments)]
+                values = [x[segments[0], site]]
+                variances = np.array([values[0].var(ddof=1) if len(values[0]) >= 2 else math.inf])
+                sizes, weights = np.array([float(len(values[0]))]), np.ones(1)
             mean[site] = float(sum(w * v.mean() for w, v in zip(weights, values)))
             if np.all(np.isfinite(variances)):
                 err[site] = math.sqrt(float(np.sum(weights ** 2 * variances / sizes)))
