@@ -139,7 +139,6 @@ def _same_point_done(study: optuna.Study, number: int, params: dict, poll_second
     from optuna.trial import TrialState
 
     while True:
-        optuna.storages.fail_stale_trials(study)  # nothing else checks heartbeats while this one waits
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         same = [t for t in trials if t.number != number and t.params == params]
         for t in same:
@@ -148,6 +147,7 @@ def _same_point_done(study: optuna.Study, number: int, params: dict, poll_second
         if not any(t.state == TrialState.RUNNING and t.number < number for t in same):
             return None
         time.sleep(poll_seconds)
+        optuna.storages.fail_stale_trials(study)  # nothing else checks heartbeats while this one waits
 
 
 def _start_stale_clock(study: optuna.Study) -> None:
