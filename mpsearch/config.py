@@ -88,8 +88,11 @@ class SensitivityConfig(Section):
     tol: float = Field(0.05, gt=0, lt=1,
                        description="stop when every site's relative standard error is below this")
     min_probes: int = Field(8, ge=2, description="Rademacher probes drawn before the tolerance is checked")
-    max_probes: int = Field(200, ge=2, description="probe budget (each probe is one Hessian-vector product "
-                                                   "per batch)")
+    max_probes: int = Field(200, ge=2, description="budget of Hessian-vector products per batch (a probe is "
+                                                   "one; a deflation costs 2 x deflation_rank)")
+    deflation_rank: int = Field(16, ge=0, description="directions of largest curvature whose part of each trace is "
+                                                      "computed exactly once plain probing is seen to need more "
+                                                      "HVPs than that costs; 0: never")
     seed: int = 0
     methods: tuple[str, ...] = Field(("uniform",), min_length=1,
                                      description="quantization methods whose Omega is tabulated")

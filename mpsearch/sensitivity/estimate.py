@@ -27,7 +27,7 @@ class SampleLog:
     so once high-curvature sites converge and stop being probed, the remaining sites' samples get much
     less noisy. Pooling all of a site's samples into one plain mean would keep the early noise in its
     error for ever. Instead each site's samples are cut into segments where the set of probed sites
-    changed (each segment at least `min_segment` samples, so its variance is estimated from enough
+    changed or the probe design did (`new_segment`, e.g. deflation) (each segment at least `min_segment` samples, so its variance is estimated from enough
     samples) and the segment means are combined by inverse-variance weights. With one segment this is
     the plain mean and its standard error.
     """
@@ -38,16 +38,22 @@ class SampleLog:
         self._rows: list[np.ndarray] = []
         self._epochs: list[int] = []  # which set of probed sites each row was drawn under
         self._mask: np.ndarray | None = None
+        self._new_design = False
         self._cache: tuple[int, tuple[np.ndarray, ...]] | None = None
 
     def add(self, sample: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Record one probe's samples for the sites where `mask` is True (all when None)."""
         mask = np.ones(len(self.counts), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-        changed = self._mask is not None and not np.array_equal(mask, self._mask)
+        changed = self._mask is not None and (self._new_design or not np.array_equal(mask, self._mask))
+        self._new_design = False
         self._epochs.append((self._epochs[-1] + changed) if self._epochs else 0)
         self._mask = mask.copy()
         self.counts += mask
         self._rows.append(np.where(mask, sample, np.nan))
+
+    def new_segment(self) -> None:
+        """The next samples come from another probe design (same expectation, other variance)."""
+        self._new_design = True
 
     @property
     def samples(self) -> np.ndarray:
@@ -139,11 +145,15 @@ class SampleLog:
             segments = self._segments(x[:, site])
             values = [x[rows, site] for rows in segments]
             variances = np.array([v.var(ddof=1) if len(v) >= 2 else math.inf for v in values])
+            if len(segments) > 1 and np.any(variances == 0):  # a noiseless design is exact: it alone counts
+                segments = [rows for rows, v in zip(segments, variances) if v == 0]
+                values = [x[rows, site] for rows in segments]
+                variances = np.zeros(len(segments))
             sizes = np.array([len(v) for v in values], dtype=float)
             if len(segments) > 1 and np.all(variances > 0):
                 weights = sizes / variances  # every segment has >= min_segment >= 2 samples: finite
                 weights = weights / weights.sum()
-            else:  # one segment, or a noiseless one: the plain mean over all samples
+            else:  # one segment, or only noiseless ones: the plain mean over them
                 segments = [np.concatenate(segments)]
                 values = [x[segments[0], site]]
                 variances = np.array([values[0].var(ddof=1) if len(values[0]) >= 2 else math.inf])

@@ -190,7 +190,8 @@ def test_a_quiet_site_converges_once_the_loud_one_stops_being_probed():
     # of 4, so the plain mean of 8 such samples has ~50% relative error. Once `big` converges (at
     # min_probes) and stops being probed, the later samples of `small` are near exact; weighting them
     # by their own variance lets `small` converge too instead of spending the whole budget.
-    cfg = SensitivityConfig(batches=1, min_probes=8, max_probes=200, tol=0.05, seed=0)
+    # (no deflation: its sketch of this 8-weight model would be exact and leave nothing to weight)
+    cfg = SensitivityConfig(batches=1, min_probes=8, max_probes=200, tol=0.05, seed=0, deflation_rank=0)
     report = hessian_traces(CoupledQuadratic(), [(torch.zeros(1),)], cfg)
     assert report.converged
     assert report.probes[0] == 8 and report.probes[1] <= 24, report.probes
@@ -214,3 +215,41 @@ def test_segments_weight_samples_by_their_own_variance():
     # one segment (site 1 was never re-segmented) is the plain mean and its standard error
     assert log.mean[1] == pytest.approx(log.samples[:8, 1].mean())
     assert log.stderr[1] == pytest.approx(log.samples[:8, 1].std(ddof=1) / np.sqrt(8))
+
+
+@pytest.mark.parametrize("case", ["mlp_case", "lstm_case"])
+def test_deflated_traces_agree_with_the_exact_hessian_and_are_closer(case, request):
+    model, batches = request.getfixturevalue(case)
+    hessian, blocks = exact_site_hessian(model, batches)
+    exact = np.array([np.trace(hessian[b, b]) for b in blocks])
+    reports = {rank: hessian_traces(model, batches, SensitivityConfig(
+        batches=len(batches), min_probes=8, max_probes=120, tol=1e-9, seed=5, deflation_rank=rank))
+        for rank in (0, 6)}
+    deflated, plain = reports[6], reports[0]
+    # the same 120 HVPs per batch: 12 of them sketch the Hessian, 108 probe what the sketch leaves
+    assert plain.probes == [120] * len(blocks) and deflated.probes == [108] * len(blocks)
+    traces, errors = np.array(deflated.traces), np.array(deflated.stderrs)
+    assert np.all(np.abs(traces - exact) <= 3 * errors + 1e-9), (traces, exact, errors)
+    assert np.all(errors < np.array(plain.stderrs)), (errors, plain.stderrs)
+
+
+def test_deflating_every_direction_is_exact(mlp_case):
+    model, batches = mlp_case
+    hessian, blocks = exact_site_hessian(model, batches)
+    n = hessian.shape[0]  # 42 weights: the sketch spans all of them and nothing is left to probe
+    report = hessian_traces(model, batches, SensitivityConfig(
+        batches=len(batches), min_probes=4, max_probes=2 * n + 20, tol=1e-6, deflation_rank=n))
+    np.testing.assert_allclose(report.traces, [np.trace(hessian[b, b]) for b in blocks], rtol=1e-8)
+    assert report.converged and report.probes == [8, 8]
+
+
+def test_deflation_waits_until_the_probes_say_it_pays(mlp_case):
+    model, batches = mlp_case
+    # a budget that cannot pay for the sketch and still probe with it: plain Hutchinson, sample for sample
+    small = SensitivityConfig(min_probes=4, max_probes=30, tol=1e-6, deflation_rank=16)
+    assert hessian_traces(model, batches, small).traces == \
+        hessian_traces(model, batches, small.model_copy(update={"deflation_rank": 0})).traces
+    # a loose tolerance that plain probes reach soon: no sketch either
+    loose = SensitivityConfig(min_probes=4, max_probes=400, tol=0.5, deflation_rank=16)
+    assert hessian_traces(model, batches, loose).traces == \
+        hessian_traces(model, batches, loose.model_copy(update={"deflation_rank": 0})).traces
