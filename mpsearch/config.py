@@ -50,8 +50,11 @@ class DataConfig(Section):
     corpus: Literal["builtin", "manifest", "librispeech"] = "builtin"
     utterances: int = Field(4000, ge=10, description="builtin: utterances synthesised in total")
     seed: int = 0
+    voices: Literal["standard", "wide"] = Field(
+        "standard", description="builtin: train/dev speakers, 14 voices (standard) or 25 (wide: unseen test voices "
+                                "recognised far better, but training needs about twice the steps)")
     path: str | None = Field(None, description="builtin: corpus folder (default: beside the study folder, "
-                                                  "corpus/builtin-v<version>-seed<seed>-n<utterances>)")
+                                                  "corpus/builtin-v<version>[-wide]-seed<seed>-n<utterances>)")
     train: str | None = Field(None, description="manifest: train JSONL; librispeech: a LibriSpeech split folder")
     dev: str | None = None
     test: str | None = None

@@ -56,3 +56,8 @@ def test_config_hash_tracks_content(tmp_path):
     b = StudyConfig.from_yaml(write(tmp_path, GOOD.replace("64", "65")))
     assert config_hash(a.model) != config_hash(b.model)
     assert config_hash(a.train) == config_hash(b.train)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_loads(path):
+    assert StudyConfig.from_yaml(path).name == path.stem

@@ -47,6 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--utterances", type=_positive, default=4000, metavar="N",
                        help="total over train/dev/test, split 80/10/10 (default 4000)")
     synth.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    synth.add_argument("--voices", choices=("standard", "wide"), default="standard",
+                       help="train/dev speakers: 14 voices, or 25 for better unseen-voice WER (default standard)")
     synth.add_argument("--workers", type=_positive, default=None, metavar="K",
                        help="parallel processes (default: one per CPU); results do not depend on it")
     synth.set_defaults(func=_synth)
@@ -75,7 +77,8 @@ def _synth(args: argparse.Namespace) -> int:
     from mpsearch.data.synth import split_sizes, synthesize_corpus
 
     start = time.perf_counter()
-    manifests = synthesize_corpus(args.out, utterances=args.utterances, seed=args.seed, workers=args.workers)
+    manifests = synthesize_corpus(args.out, utterances=args.utterances, seed=args.seed, workers=args.workers,
+                                  voices=args.voices)
     sizes = split_sizes(args.utterances)
     for split, path in manifests.items():
         print(f"{split:>5}: {path}  ({sizes[split]} utterances)")

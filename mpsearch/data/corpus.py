@@ -17,9 +17,11 @@ def resolve_manifests(cfg: DataConfig, study_dir: Path, progress: bool = True) -
 
         # Beside the study folders, keyed by what makes it, so studies on the same corpus share it and a
         # new corpus version gets a folder of its own instead of clashing with the old one.
-        name = f"builtin-v{CORPUS_VERSION}-seed{cfg.seed}-n{cfg.utterances}"
+        voices = "" if cfg.voices == "standard" else f"-{cfg.voices}"
+        name = f"builtin-v{CORPUS_VERSION}{voices}-seed{cfg.seed}-n{cfg.utterances}"
         out = Path(cfg.path) if cfg.path else study_dir.parent / "corpus" / name
-        return {k: Path(v) for k, v in synthesize_corpus(out, utterances=cfg.utterances, seed=cfg.seed).items()}
+        manifests = synthesize_corpus(out, utterances=cfg.utterances, seed=cfg.seed, voices=cfg.voices)
+        return {k: Path(v) for k, v in manifests.items()}
     missing = [s for s in SPLITS if getattr(cfg, s) is None]
     if missing:
         raise ConfigError(f"data.corpus '{cfg.corpus}' needs data.{missing[0]} (and data.train, data.dev, "

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mpsearch.data import espeak
-from mpsearch.data.synth import TEST_VOICES, TRAIN_DEV_VOICES
+from mpsearch.data.synth import TEST_VOICES, TRAIN_DEV_VOICES, WIDE_TRAIN_DEV_VOICES
 from mpsearch.errors import DataError
 
 
@@ -21,7 +21,7 @@ def test_faster_rate_gives_shorter_audio():
     assert fast.size < 0.8 * slow.size
 
 
-@pytest.mark.parametrize("voice", TRAIN_DEV_VOICES + TEST_VOICES)
+@pytest.mark.parametrize("voice", sorted(set(TRAIN_DEV_VOICES + WIDE_TRAIN_DEV_VOICES + TEST_VOICES)))
 def test_every_corpus_voice_exists(voice):
     assert np.abs(espeak.synthesize("hello", espeak.VoiceSettings(voice))).max() > 0.01
 

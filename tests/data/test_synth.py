@@ -8,7 +8,13 @@ import soundfile as sf
 from mpsearch.artifacts import read_json, write_json
 from mpsearch.data import grammar
 from mpsearch.data.manifest import check_manifest, read_manifest
-from mpsearch.data.synth import TEST_VOICES, TRAIN_DEV_VOICES, split_sizes, synthesize_corpus
+from mpsearch.data.synth import (
+    TEST_VOICES,
+    TRAIN_DEV_VOICES,
+    WIDE_TRAIN_DEV_VOICES,
+    split_sizes,
+    synthesize_corpus,
+)
 from mpsearch.data.tokenizer import CharTokenizer, normalize_text
 from mpsearch.errors import DataError
 
@@ -65,6 +71,22 @@ def test_splits_and_unseen_test_voices(synth_corpus):
     assert not variant & {voice.partition("+")[2] for voice in TEST_VOICES}
 
 
+def test_the_wide_voice_set_keeps_the_test_voices_unseen(synth_corpus, tmp_path):
+    folder = tmp_path / "wide"
+    manifests = synthesize_corpus(folder, utterances=60, seed=synth_corpus.seed, voices="wide")
+    speakers = {split: {u.speaker for u in read_manifest(p)} for split, p in manifests.items()}
+    assert speakers["train"] == set(WIDE_TRAIN_DEV_VOICES) and speakers["test"] == set(TEST_VOICES)
+    variant = {voice.partition("+")[2] for voice in WIDE_TRAIN_DEV_VOICES}
+    assert {voice.partition("+")[2] for voice in TRAIN_DEV_VOICES} < variant
+    assert len(variant) == 25 and not variant & {voice.partition("+")[2] for voice in TEST_VOICES}
+    # the set is part of the corpus's record: the same folder will not silently switch sets
+    assert read_json(folder / "corpus.json")["voices"] == "wide"
+    with pytest.raises(DataError, match="already holds a corpus"):
+        synthesize_corpus(folder, utterances=60, seed=synth_corpus.seed)
+    with pytest.raises(DataError, match="Unknown voice set 'huge'; use one of standard, wide"):
+        synthesize_corpus(tmp_path / "x", utterances=60, voices="huge")
+
+
 def test_audio_is_16k_int16_and_matches_manifest(synth_corpus):
     for path in synth_corpus.manifests.values():
         assert check_manifest(path) == []
@@ -103,3 +125,14 @@ def test_grammar_vocabulary_and_seeding():
 def test_too_few_utterances_is_explained(tmp_path):
     with pytest.raises(DataError, match="at least 3 utterances"):
         synthesize_corpus(tmp_path, utterances=2)
+
+
+def test_studies_keep_each_voice_set_in_a_folder_of_its_own(tmp_path):
+    from mpsearch.config import DataConfig
+    from mpsearch.data.corpus import resolve_manifests
+    from mpsearch.data.synth import CORPUS_VERSION
+
+    for voices, name in (("standard", f"builtin-v{CORPUS_VERSION}-seed0-n12"),
+                         ("wide", f"builtin-v{CORPUS_VERSION}-wide-seed0-n12")):
+        manifests = resolve_manifests(DataConfig(utterances=12, voices=voices), tmp_path / "study", progress=False)
+        assert manifests["train"].parent == tmp_path / "corpus" / name
