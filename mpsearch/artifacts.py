@@ -36,8 +36,9 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
+    """Write `data` as indented JSON; `sort_keys=False` keeps mapping order where order carries meaning."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

@@ -108,7 +108,8 @@ class Policy:
             raise PolicyError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
-        write_json(path, self.to_dict())
+        # Rule order is part of the meaning (the first matching pattern wins), so keys are not sorted.
+        write_json(path, self.to_dict(), sort_keys=False)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:

@@ -49,6 +49,20 @@ def test_json_round_trip(tmp_path):
     loaded.validate(sites, QUANTIZERS.names())
 
 
+def test_save_and_load_keep_the_order_of_patterns(tmp_path):
+    # Sorted keys would put "re:enc.*" first, and the recurrent weights would come back at 8 bits.
+    sites = find_sites(Model())
+    policy = Policy({"re:enc\\.weight_hh.*": Q2, "re:enc.*": Q8, "_default": Q4}, [s.name for s in sites])
+    assert sorted(policy.rules) != list(policy.rules)
+    policy.save(tmp_path / "p.json")
+    loaded = Policy.load(tmp_path / "p.json")
+    assert list(loaded.rules) == list(policy.rules)
+    resolved = loaded.resolve_all(sites)
+    assert resolved == policy.resolve_all(sites)
+    assert resolved["enc.weight_hh_l1"] is not None and resolved["enc.weight_hh_l1"].weight_bits == 2
+    assert resolved["enc.weight_ih_l0"].weight_bits == 8 and resolved["head"].weight_bits == 4
+
+
 def test_loading_against_a_different_model_is_an_error(tmp_path):
     policy = Policy.uniform(Q8, [s.name for s in find_sites(Model())])
     policy.save(tmp_path / "p.json")
