@@ -284,59 +284,84 @@ def _round_shift(total: Tensor, shift, half, rounding: str) -> Tensor:
     return rounding_shift(total, shift, rounding)
 
 
+class IntegerCell:
+    """One layer's integer LSTM cell prepared for stepping (see the module docstring): everything that
+    is the same at every step (multipliers, rounding constants, the gate tables laid out for one
+    lookup, the recurrent weights in the matmul's operand dtype) is built once, so a step is only the
+    per-step arithmetic, on int64 in place, and the new cell state reaches the hidden state by two
+    lookups: the cell table gives tanh(c)'s column in the hidden table, o's gate table (shifted here)
+    its row. The same integers as the primitives of `numerics` compose.
+
+    `p` is the layer's `NNALSTM.layer_params`, `tables` its `step_tables`.
+    """
+
+    def __init__(self, p: Mapping[str, Tensor], tables: tuple[Tensor, Tensor], n: NNANumerics) -> None:
+        rows, hidden = p["weight_hh"].shape
+        device = p["weight_hh"].device
+        self.n, self.hidden = n, hidden
+        (self.m_ih, self.m_hh), self.gate_shift = p["gate_multipliers"], p["gate_shift"]
+        self.gate_half = (torch.ones_like(self.gate_shift) << self.gate_shift) >> 1
+        self.m_fc, self.m_ig = (int(v) for v in p["cell_multipliers"])
+        self.cell_shift = int(p["cell_shift"])
+        self.cell_half = (1 << self.cell_shift) >> 1
+        table = 1 << n.activation_bits
+        # Gate k's table starts at k * table in the flattened (4, table) LUT; the offset also removes lo.
+        self.offsets = torch.arange(rows, device=device) // hidden * table - n.act_range[0]
+        luts = p["gate_luts"].clone()
+        luts[3] = (luts[3] - n.lut_range[0]) << n.lut_bits  # o as its row offset in the hidden table
+        self.luts = luts.reshape(-1)
+        self.tanh_columns, hidden_lut = tables
+        self.dtype = exact_matmul_dtype(hidden, device)
+        self.w_hh_t = p["weight_hh"].to(self.dtype).t().contiguous()
+        self.hidden_codes = hidden_lut.to(self.dtype)
+        # W_hh h can exceed the accumulator only for narrow accumulators.
+        self.acc_saturates = hidden * MAX_PRODUCT > n.acc_range[1]
+
+    def input_terms(self, acc_x: Tensor) -> Tensor:
+        """The input accumulators (a fresh int64 tensor, scaled in place) as a step adds them:
+        times their multiplier, with half_up's rounding constant riding on them."""
+        terms = acc_x.mul_(self.m_ih)
+        if self.n.rounding == "half_up":
+            terms += self.gate_half
+        return terms
+
+    def step(self, x_terms: Tensor, h: Tensor, c_q: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One step: input terms (B, 4H), hidden codes h (B, H) in `dtype`, cell codes c_q (B, H, int64)
+        -> the new (h, c_q); h is written into `out` when given."""
+        n, hidden = self.n, self.hidden
+        lo, hi = n.act_range
+        pre = matmul_operands(h, self.w_hh_t).to(torch.int64)
+        if self.acc_saturates:
+            pre.clamp_(*n.acc_range)
+        pre = pre.mul_(self.m_hh).add_(x_terms)
+        pre = pre.bitwise_right_shift_(self.gate_shift) if n.rounding == "half_up" else \
+            rounding_shift(pre, self.gate_shift, n.rounding)
+        gates = lookup(self.luts, pre.clamp_(lo, hi).add_(self.offsets))
+        i, f, g, o = gates.split(hidden, dim=1)
+        total = torch.addcmul((i * g).mul_(self.m_ig), f, c_q, value=self.m_fc)
+        c_q = _round_shift(total, self.cell_shift, self.cell_half, n.rounding).clamp_(*n.cell_range)
+        index = lookup(self.tanh_columns, c_q - n.cell_range[0]).add_(o).view(-1)
+        h = torch.index_select(self.hidden_codes, 0, index, out=None if out is None else out.view(-1))
+        return h.view(c_q.shape), c_q
+
+
 def integer_recurrence(acc_x: Tensor, h_q: Tensor, c_q: Tensor, p: Mapping[str, Tensor],
                        tables: tuple[Tensor, Tensor], n: NNANumerics, all_cells: bool) -> tuple[Tensor, Tensor]:
-    """The chip's LSTM cell over all steps of one layer (see the module docstring), from the input
-    accumulators acc_x (T, B, 4H, time first; a fresh int64 tensor, scaled in place), the initial
-    codes h_q, c_q (B, H) and the layer's `step_tables`.
+    """The chip's LSTM cell over all steps of one layer, from the input accumulators acc_x (T, B, 4H,
+    time first; a fresh int64 tensor, scaled in place), the initial codes h_q, c_q (B, H) and the
+    layer's `step_tables`: an `IntegerCell` stepped T times, the input terms of every step scaled at once.
 
     Returns the hidden codes (B, T, H), in the recurrent matmul's operand dtype (`exact_matmul_dtype`),
-    and the int64 cell codes (B, T, H) if `all_cells`, else the last (B, H). The same integers as the
-    primitives of `numerics` compose: the step-independent work (input terms scaled by their
-    multipliers) is hoisted out of the loop, the per-step arithmetic runs on int64 in place, and the
-    new cell state reaches the hidden state by two lookups: the cell table gives tanh(c)'s column in
-    the hidden table, o's gate table (shifted here) its row.
+    and the int64 cell codes (B, T, H) if `all_cells`, else the last (B, H).
     """
     steps, batch, rows = acc_x.shape
-    hidden = rows // 4
-    lo, hi = n.act_range
-    table = 1 << n.activation_bits
-    (m_ih, m_hh), gate_shift = p["gate_multipliers"], p["gate_shift"]
-    gate_half = (torch.ones_like(gate_shift) << gate_shift) >> 1
-    m_fc, m_ig = (int(v) for v in p["cell_multipliers"])
-    cell_shift = int(p["cell_shift"])
-    cell_half = (1 << cell_shift) >> 1
-    # The input term of every step at once; half_up's rounding constant rides on it.
-    x_terms = acc_x.mul_(m_ih)
-    if n.rounding == "half_up":
-        x_terms += gate_half
-    # Gate k's table starts at k * table in the flattened (4, table) LUT; the offset also removes lo.
-    offsets = torch.arange(rows, device=acc_x.device) // hidden * table - lo
-    luts = p["gate_luts"].clone()
-    luts[3] = (luts[3] - n.lut_range[0]) << n.lut_bits  # o as its row offset in the hidden table
-    luts = luts.reshape(-1)
-    tanh_columns, hidden_lut = tables
-    dtype = exact_matmul_dtype(hidden, acc_x.device)
-    w_hh_t = p["weight_hh"].to(dtype).t().contiguous()
-    hidden_codes = hidden_lut.to(dtype)
-    # W_hh h can exceed the accumulator only for narrow accumulators.
-    acc_saturates = hidden * MAX_PRODUCT > n.acc_range[1]
-    hs = torch.empty(steps, batch, hidden, dtype=dtype, device=acc_x.device)
-    cs = torch.empty(steps, batch, hidden, dtype=torch.int64, device=acc_x.device) if all_cells else None
-    h = h_q.to(dtype)
+    cell = IntegerCell(p, tables, n)
+    x_terms = cell.input_terms(acc_x)
+    hs = torch.empty(steps, batch, cell.hidden, dtype=cell.dtype, device=acc_x.device)
+    cs = torch.empty(steps, batch, cell.hidden, dtype=torch.int64, device=acc_x.device) if all_cells else None
+    h = h_q.to(cell.dtype)
     for t in range(steps):
-        pre = matmul_operands(h, w_hh_t).to(torch.int64)
-        if acc_saturates:
-            pre.clamp_(*n.acc_range)
-        pre = pre.mul_(m_hh).add_(x_terms[t])
-        pre = pre.bitwise_right_shift_(gate_shift) if n.rounding == "half_up" else \
-            rounding_shift(pre, gate_shift, n.rounding)
-        gates = lookup(luts, pre.clamp_(lo, hi).add_(offsets))
-        i, f, g, o = gates.split(hidden, dim=1)
-        total = torch.addcmul((i * g).mul_(m_ig), f, c_q, value=m_fc)
-        c_q = _round_shift(total, cell_shift, cell_half, n.rounding).clamp_(*n.cell_range)
-        h = torch.index_select(hidden_codes, 0, lookup(tanh_columns, c_q - n.cell_range[0]).add_(o).view(-1),
-                               out=hs[t].view(-1)).view(batch, hidden)
+        h, c_q = cell.step(x_terms[t], h, c_q, out=hs[t])
         if all_cells:
             cs[t] = c_q
     return hs.transpose(0, 1).contiguous(), (cs.transpose(0, 1).contiguous() if all_cells else c_q)

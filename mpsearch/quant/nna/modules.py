@@ -24,6 +24,8 @@ and traces which module produced each input), "frozen" (integer forward).
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -82,12 +84,36 @@ FLOAT32_EXACT = 1 << 24
 INT32_MAX = (1 << 31) - 1
 
 
+@functools.cache
+def int8_gemm_is_faster() -> bool:
+    """Whether this CPU's int8 GEMM (torch._int_mm) beats float32 on a matmul of the emulation's size.
+
+    With VNNI-class instructions it is several times faster; without them torch falls back to a
+    reference kernel tens of times slower than float32. Measured once per process (milliseconds), since
+    no torch flag tells the two apart; both are exact, so the choice changes speed only.
+    """
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (32, 128), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (128, 128), generator=g, dtype=torch.int8)
+    a32, b32 = a.to(torch.float32), b.to(torch.float32)
+
+    def best_of(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best_of(lambda: torch._int_mm(a, b)) < best_of(lambda: torch.matmul(a32, b32))
+
+
 def exact_matmul_dtype(inner: int, device: torch.device) -> torch.dtype:
-    """The cheapest operand dtype in which an int8 x int8 matmul over `inner` terms is exact: on CPU
-    int8 itself (an int8 GEMM with int32 accumulators, exact while no sum can reach 2^31, and several
-    times faster than float32 there), elsewhere float32 while every partial sum stays below 2^24, else
-    float64 (exact below 2^53)."""
-    if device.type == "cpu" and inner * MAX_PRODUCT <= INT32_MAX:
+    """The cheapest operand dtype in which an int8 x int8 matmul over `inner` terms is exact: on a CPU
+    whose int8 GEMM is fast, int8 itself (int32 accumulators, exact while no sum can reach 2^31), else
+    float32 while every partial sum stays below 2^24, else float64 (exact below 2^53)."""
+    if device.type == "cpu" and inner * MAX_PRODUCT <= INT32_MAX and int8_gemm_is_faster():
         return torch.int8
     if inner * MAX_PRODUCT > FLOAT32_EXACT or torch.is_autocast_enabled(device.type):
         return torch.float64
