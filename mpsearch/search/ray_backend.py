@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -265,18 +266,40 @@ class StudySearcher(OptunaSearch):
         self._ot_study.tell(trial, state=TrialState.FAIL)
         log.warning("trial %d failed: %s", trial.number, reason)
 
-    def restore(self, checkpoint_path: str) -> None:
+    # Ray pickles the searcher (tuner.pkl when the Tuner is made, a snapshot while it runs). The sampler
+    # may hold a thread lock (Optuna's GA samplers do) and the study and its trials hold the sampler, so
+    # none of them is pickled: they are rebuilt from the study's config and its storage where the
+    # searcher is unpickled. The storage is the record, and trials in flight at a snapshot are not
+    # resumed (their points are re-enqueued), so nothing else is lost.
+    _REBUILT = ("_sampler", "_storage", "_ot_study", "_ot_trials", "_waiting")
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._REBUILT}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._attach()
+
+    def _attach(self) -> None:
+        """The sampler, the storage and the study, opened afresh; nothing in flight."""
         import optuna
 
         from mpsearch.search.storage import open_storage
 
-        super().restore(checkpoint_path)
-        # The snapshot's study object caches trials as they were then; the storage is the truth. Trials
-        # in flight at the snapshot are not resumed, so nothing is owed to them.
-        self._ot_study = optuna.load_study(study_name=self._study_config.name,
-                                           storage=open_storage(self._study_config), sampler=self._sampler)
+        cfg = self._study_config
+        self._sampler = make_sampler(cfg.search.sampler, cfg.search.seed, len(cfg.search.objectives))
+        self._storage = open_storage(cfg)
+        self._ot_study = optuna.load_study(study_name=cfg.name, storage=self._storage, sampler=self._sampler)
         self._ot_trials = {}
         self._waiting = {}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__getstate__(), file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.__setstate__(pickle.load(file))
 
 
 # One TrialRunner per worker process and study: the baseline, calibration batches and eval data are

@@ -98,3 +98,27 @@ def test_searcher_scores_each_point_once_with_trials_in_flight(make_study_yaml):
     for trial in complete:
         assert trial.values == [trial.user_attrs["metrics"]["wer"], trial.user_attrs["metrics"]["latency_ms"]]
         assert trial.user_attrs["origin"] == "sampler"
+
+
+def test_searcher_pickles_with_a_lock_holding_sampler_and_rebuilds_it(make_study_yaml, tmp_path):
+    """Ray pickles the search algorithm when the Tuner is made and snapshots it while trials run; the
+    sampler (NSGA-II holds a thread lock) and the study are rebuilt, not pickled."""
+    import pickle
+
+    from mpsearch.search.optuna_backend import open_study
+    from mpsearch.search.ray_backend import StudySearcher
+
+    cfg = StudyConfig.from_yaml(make_study_yaml(sampler="nsga2"))
+    space = Study(cfg, progress=False).search_space()
+    open_study(cfg, space, heartbeat=False)
+    searcher = StudySearcher(cfg, space, trials=3, workers=1, new_trial_budget=5)
+    params = searcher.suggest("1")  # a trial in flight: its Optuna trial holds the study and the sampler
+    assert set(params) == {p.name for p in space.parameters()}
+
+    copy = pickle.loads(pickle.dumps(searcher))
+    assert copy._ot_study.study_name == "tiny" and copy._ot_trials == {}
+    assert type(copy._sampler) is type(searcher._sampler)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = StudySearcher.__new__(StudySearcher)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored._target_trials == 3 and restored._ot_study.study_name == "tiny"
