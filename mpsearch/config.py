@@ -81,6 +81,22 @@ class TrainConfig(Section):
     seed: int = 0
 
 
+class BaselineConfig(Section):
+    """Where the float baseline comes from: a trained checkpoint (`mpsearch train` writes the format), or
+    trained by the study from its `train` section when no checkpoint is named."""
+
+    checkpoint: str | None = Field(
+        None, description="a model checkpoint written by `mpsearch train` (a path, or 'pretrained:<name>' for "
+                          "one shipped with mpsearch); the study then never trains its float model")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_names_something(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a checkpoint path or 'pretrained:<name>'")
+        return value
+
+
 class SensitivityConfig(Section):
     """Per-site Hessian traces (mpsearch.sensitivity) and the HAWQ-V2 Omega table built from them."""
 
@@ -219,6 +235,7 @@ class StudyConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig
     train: TrainConfig = TrainConfig()
+    baseline: BaselineConfig = BaselineConfig()
     hardware: HardwareConfig = HardwareConfig()
     sensitivity: SensitivityConfig = SensitivityConfig()
     search: SearchConfig = SearchConfig()
@@ -237,7 +254,12 @@ class StudyConfig(Section):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> StudyConfig:
-        path = Path(path)
+        """Read a study YAML. `extends: other.yaml` (relative to this file) starts from that study and
+        overrides it key by key: mappings merge, anything else (lists included) replaces."""
+        return cls.from_dict(_resolve_extends(Path(path), ()), source=str(path))
+
+    @classmethod
+    def _read_yaml(cls, path: Path) -> dict:
         if not path.is_file():
             raise ConfigError(f"Study file '{path}' does not exist; pass the path of a study YAML (see studies/).")
         try:
@@ -250,7 +272,32 @@ class StudyConfig(Section):
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a study must be a YAML mapping with at least 'name' and 'model'; "
                               f"got {type(data).__name__}.")
-        return cls.from_dict(data, source=str(path))
+        return data
+
+
+def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> dict:
+    data = StudyConfig._read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must name one study YAML (a path relative to this file); got {parent!r}.")
+    if "name" not in data:
+        raise ConfigError(f"{path}: a study that extends another needs its own 'name' (else both share a study "
+                          "folder and trial storage); add one.")
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in seen or parent_path == path.resolve():
+        raise ConfigError(f"{path}: 'extends: {parent}' makes a cycle of studies; remove one of the 'extends'.")
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: 'extends: {parent}' names no file (looked for {parent_path}); fix the path.")
+    return _merged(_resolve_extends(parent_path, (*seen, path.resolve())), data)
+
+
+def _merged(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

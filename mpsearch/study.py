@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 from functools import cached_property
@@ -97,28 +98,136 @@ class Study:
         return self.dir / "baseline"
 
     @cached_property
+    def manifest_digests(self) -> dict[str, str]:
+        return {split: hashlib.sha256(path.read_bytes()).hexdigest() for split, path in self.manifests.items()}
+
+    @cached_property
+    def checkpoint_path(self) -> Path | None:
+        """The file `baseline.checkpoint` names (checked to exist), or None when the study trains its own."""
+        from mpsearch.training.checkpoint import resolve_checkpoint
+
+        spec = self.cfg.baseline.checkpoint
+        return resolve_checkpoint(spec) if spec else None
+
+    @cached_property
     def baseline_key(self) -> str:
-        """What the float baseline depends on: data, model and training settings, and the manifests'
-        contents (a new corpus version, or a user's edited manifest, trains a new baseline)."""
-        digests = {split: hashlib.sha256(path.read_bytes()).hexdigest() for split, path in self.manifests.items()}
-        return config_hash(self.cfg.data, self.cfg.model, self.cfg.train, digests)
+        """What the float baseline depends on: the checkpoint's contents, or the data, model and training
+        settings; and the manifests' contents (a new corpus version, or a user's edited manifest, makes a
+        new baseline instead of reusing a stale one)."""
+        if self.checkpoint_path is not None:
+            from mpsearch.training.checkpoint import file_sha256
+
+            return config_hash(self.cfg.data, self.cfg.model, {"checkpoint": file_sha256(self.checkpoint_path)},
+                               self.manifest_digests)
+        # how the run is watched and how many threads it uses do not change the model it trains
+        recipe = self.cfg.train.model_dump(mode="json", exclude={"threads", "eval_every", "checkpoint_every"})
+        return config_hash(self.cfg.data, self.cfg.model, recipe, self.manifest_digests)
 
     def baseline(self) -> tuple[torch.nn.Module, dict]:
-        """The float baseline: trained once, then loaded; retrained if its config changed."""
-        metrics_path = self.baseline_dir / "metrics.json"
-        if metrics_path.is_file():
-            metrics = read_json(metrics_path)
-            if metrics.get("config_hash") == self.baseline_key:
-                model = self.new_model()
-                model.load_state_dict(torch.load(self.baseline_dir / "model.pt"))
-                log.info("reusing the float baseline in %s", self.baseline_dir)
-                return model, metrics
-            stale = self.dir / f"baseline-{metrics.get('config_hash', 'old')}"
-            log.warning("the baseline's config changed; keeping the old one in %s and training anew", stale)
-            shutil.move(str(self.baseline_dir), stale)
-        return self._train_baseline()
+        """The float baseline and its metrics: loaded from `baseline.checkpoint` and evaluated, or trained
+        once from the `train` section; reused while its key holds, set aside and redone when it changed
+        or its files are unreadable. Each call returns a fresh model with the baseline's weights."""
+        if self._baseline is None:
+            self._baseline = self._stored_baseline() or (
+                self._evaluate_checkpoint() if self.checkpoint_path is not None else self._train_baseline())
+        checkpoint, metrics = self._baseline
+        model = self.new_model()
+        model.load_state_dict(checkpoint.state_dict)
+        return model, metrics
 
-    def _train_baseline(self) -> tuple[torch.nn.Module, dict]:
+    _baseline: tuple | None = None
+
+    def _stored_baseline(self):
+        """(checkpoint, metrics) of a finished baseline whose key matches; None when there is none."""
+        from mpsearch.training.checkpoint import CheckpointError, load_checkpoint
+
+        metrics_path, model_path = self.baseline_dir / "metrics.json", self.baseline_dir / "model.pt"
+        if not metrics_path.is_file():
+            return None
+        try:
+            metrics = read_json(metrics_path)
+            if not isinstance(metrics, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._set_aside_baseline(f"{metrics_path} is unreadable ({exc})", "torn")
+            return None
+        if metrics.get("config_hash") != self.baseline_key:
+            self._set_aside_baseline("the baseline's config or checkpoint changed", metrics.get("config_hash", "old"))
+            return None
+        if self.checkpoint_path is not None:
+            model_path = self.checkpoint_path
+        try:
+            checkpoint = load_checkpoint(model_path)
+        except CheckpointError as exc:
+            self._set_aside_baseline(str(exc), "torn")
+            return None
+        log.info("reusing the float baseline in %s", self.baseline_dir)
+        return checkpoint, metrics
+
+    def _set_aside_baseline(self, why: str, tag: str) -> None:
+        """Move the finished baseline's files aside (never delete work); a training checkpoint stays,
+        since the trainer resumes it only when its key matches."""
+        stale = self.dir / f"baseline-{tag}"
+        n = 1
+        while stale.exists():
+            n += 1
+            stale = self.dir / f"baseline-{tag}-{n}"
+        stale.mkdir(parents=True)
+        for name in ("metrics.json", "model.pt"):
+            if (self.baseline_dir / name).exists():
+                shutil.move(str(self.baseline_dir / name), stale / name)
+        log.warning("%s; the old baseline files are kept in %s and the baseline is made anew", why, stale)
+
+    def _evaluate_checkpoint(self):
+        from mpsearch.training.checkpoint import check_matches, file_sha256, load_checkpoint
+
+        path = self.checkpoint_path
+        checkpoint = load_checkpoint(path)
+        check_matches(checkpoint, f"baseline.checkpoint {self.cfg.baseline.checkpoint}", self.cfg.model,
+                      self.cfg.data.features, self.tokenizer)
+        model = self.new_model()
+        model.load_state_dict(checkpoint.state_dict)
+        log.info("evaluating the float baseline from %s", path)
+        start = time.monotonic()
+        metrics = {
+            "config_hash": self.baseline_key,
+            "checkpoint": self.cfg.baseline.checkpoint,
+            "checkpoint_sha256": file_sha256(path),
+            "source": checkpoint.source,
+            "model": self.cfg.model.name,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_steps": 0,
+            "train_seconds": 0.0,
+            **self._evaluate(model),
+        }
+        metrics["eval_seconds"] = round(time.monotonic() - start, 1)
+        write_json(self.baseline_dir / "metrics.json", metrics)
+        return checkpoint, metrics
+
+    def _evaluate(self, model: torch.nn.Module) -> dict:
+        """dev and test scores; a speech model's WER with its 95% bootstrap interval over utterances."""
+        from mpsearch.models import model_kind
+
+        task = self.task(model)
+        if model_kind(model) == "lm":
+            return {"dev": task.evaluate("dev"), "test": task.evaluate("test")}
+        from mpsearch.eval.bootstrap import wer_interval
+        from mpsearch.eval.wer import error_rates, utterance_errors
+
+        scores = {}
+        for split in ("dev", "test"):
+            refs, hyps = task.transcribe(self.data.split(split))
+            interval = wer_interval(*utterance_errors(refs, hyps))
+            scores[split] = {**error_rates(refs, hyps), "wer_ci_low": interval.low, "wer_ci_high": interval.high,
+                             "utterances": len(refs)}
+        return scores
+
+    def _train_baseline(self):
+        import datetime
+        import platform
+
+        from mpsearch import __version__
+        from mpsearch.training.checkpoint import ModelCheckpoint, save_checkpoint
         from mpsearch.training.trainer import train
 
         model = self.new_model()
@@ -126,7 +235,8 @@ class Study:
         self.baseline_dir.mkdir(parents=True, exist_ok=True)
         log.info("training the float baseline (%s, %.2fM parameters)", self.cfg.model.name,
                  sum(p.numel() for p in model.parameters()) / 1e6)
-        result = train(task, self.cfg.train, checkpoint=self.baseline_dir / "checkpoint.pt", progress=self.progress)
+        result = train(task, self.cfg.train, checkpoint=self.baseline_dir / "checkpoint.pt",
+                       checkpoint_key=self.baseline_key, progress=self.progress)
         start = time.monotonic()
         metrics = {
             "config_hash": self.baseline_key,
@@ -136,12 +246,22 @@ class Study:
             "train_seconds": round(result.seconds, 1),
             "final_train_loss": result.final_loss,
             "threads": torch.get_num_threads(),
-            "dev": task.evaluate("dev"),
-            "test": task.evaluate("test"),
+            **self._evaluate(model),
             "history": result.history,
         }
         metrics["eval_seconds"] = round(time.monotonic() - start, 1)
-        with atomic_path(self.baseline_dir / "model.pt") as tmp:
-            torch.save(model.state_dict(), tmp)
+        source = {
+            "study": self.cfg.name, "config_hash": self.baseline_key, "data": self.cfg.data.to_dict(),
+            "train": self.cfg.train.to_dict(), "manifests": self.manifest_digests,
+            "train_steps": result.steps, "train_seconds": round(result.seconds, 1),
+            "threads": torch.get_num_threads(), "dev": metrics["dev"], "test": metrics["test"],
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+                       f"{platform.python_version()}",
+            "mpsearch": __version__, "torch": str(torch.__version__),
+        }
+        checkpoint = ModelCheckpoint(self.cfg.model, self.cfg.data.features, self.tokenizer.alphabet,
+                                     {k: v.detach().clone() for k, v in model.state_dict().items()}, source)
+        save_checkpoint(self.baseline_dir / "model.pt", checkpoint)
         write_json(self.baseline_dir / "metrics.json", metrics)
-        return model, metrics
+        return checkpoint, metrics

@@ -61,3 +61,30 @@ def test_config_hash_tracks_content(tmp_path):
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "studies").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_study_loads(path):
     assert StudyConfig.from_yaml(path).name == path.stem
+
+
+def test_a_study_extends_another_and_overrides_it_key_by_key(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nmodel: {name: rnnt, params: {enc_hidden: 64, enc_layers: 2}}\n"
+        "search: {trials: 10, objectives: [wer, latency_ms], finetune: {max_steps: 5}}\n")
+    (tmp_path / "child.yaml").write_text(
+        "extends: base.yaml\nname: child\nmodel: {params: {enc_layers: 3}}\n"
+        "search: {objectives: [wer, size_bytes], eval_utterances: 50}\n")
+    cfg = StudyConfig.from_yaml(tmp_path / "child.yaml")
+    assert cfg.name == "child" and cfg.model.params == {"enc_hidden": 64, "enc_layers": 3}
+    assert cfg.search.trials == 10 and cfg.search.finetune.max_steps == 5 and cfg.search.eval_utterances == 50
+    assert cfg.search.objectives == ("wer", "size_bytes")  # lists replace, never merge
+
+
+@pytest.mark.parametrize("child, message", [
+    ("extends: base.yaml\nmodel: {name: rnnt}\n", "needs its own 'name'"),
+    ("extends: nowhere.yaml\nname: c\n", "names no file"),
+    ("extends: child.yaml\nname: c\n", "cycle"),
+    ("extends: [base.yaml]\nname: c\n", "must name one study YAML"),
+])
+def test_bad_extends_is_a_one_line_error(tmp_path, child, message):
+    (tmp_path / "base.yaml").write_text("name: base\nmodel: {name: rnnt}\n")
+    (tmp_path / "child.yaml").write_text(child)
+    with pytest.raises(ConfigError, match=message) as info:
+        StudyConfig.from_yaml(tmp_path / "child.yaml")
+    assert "\n" not in str(info.value)

@@ -95,3 +95,105 @@ def test_latency_command_prints_every_site_and_rejects_unknown_sites(tiny_study,
     assert main(["latency", str(tiny_study), "--policy", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "Unknown site 'encoder.nonexistent'" in err and "valid sites:" in err
+
+
+# --- starting from a trained checkpoint -----------------------------------------------------------------------
+def _second_study(tiny_study: Path, tmp_path: Path, **changes) -> Path:
+    """Another study over the same data that starts from the first study's trained model."""
+    data = yaml.safe_load(tiny_study.read_text())
+    checkpoint = Path(data["output_dir"]) / "baseline" / "model.pt"
+    data.update(name="reuse", output_dir=str(tmp_path / "reuse"), baseline={"checkpoint": str(checkpoint)})
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        data[section] = {**data.get(section, {}), **value} if not field else data[section]
+    path = tmp_path / "reuse.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_trained_checkpoint_loads_into_another_study_and_reproduces_its_dev_wer(tiny_study, tmp_path):
+    assert main(["train", str(tiny_study), "--no-progress"]) == 0
+    trained = json.loads((StudyConfig.from_yaml(tiny_study).study_dir / "baseline" / "metrics.json").read_text())
+    reuse = _second_study(tiny_study, tmp_path)
+    model, metrics = Study(StudyConfig.from_yaml(reuse), progress=False).baseline()
+    assert metrics["train_steps"] == 0 and "history" not in metrics
+    assert metrics["dev"]["wer"] == trained["dev"]["wer"] and metrics["test"]["cer"] == trained["test"]["cer"]
+    assert metrics["dev"]["wer_ci_low"] <= metrics["dev"]["wer"] <= metrics["dev"]["wer_ci_high"]
+    assert metrics["source"]["study"] == "tiny" and metrics["source"]["train_steps"] == 6
+    # a second process reuses the evaluation instead of repeating it
+    assert Study(StudyConfig.from_yaml(reuse), progress=False).baseline()[1] == metrics
+    assert not (StudyConfig.from_yaml(reuse).study_dir / "baseline" / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_of_another_model_is_a_one_line_error_naming_both(tiny_study, tmp_path, capsys):
+    assert main(["train", str(tiny_study), "--no-progress"]) == 0
+    reuse = _second_study(tiny_study, tmp_path)
+    data = yaml.safe_load(reuse.read_text())
+    data["model"]["params"]["enc_hidden"] = 24
+    reuse.write_text(yaml.safe_dump(data))
+    assert main(["train", str(reuse), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "enc_hidden: checkpoint 16, study 24" in err
+
+
+def test_a_checkpoint_with_another_tokenizer_is_a_one_line_error_naming_both(tiny_study, tmp_path, capsys):
+    from mpsearch.data.tokenizer import CharTokenizer
+
+    assert main(["train", str(tiny_study), "--no-progress"]) == 0
+    reuse = _second_study(tiny_study, tmp_path)
+    folder = StudyConfig.from_yaml(reuse).study_dir
+    folder.mkdir(parents=True)
+    CharTokenizer(" abcdefghijklmnopqrstuvwxyz").save(folder / "tokenizer.json")  # no apostrophe
+    assert main(["train", str(reuse), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "tokenizer alphabet" in err and "' abcdefghijklmnopqrstuvwxyz'" in err
+
+
+def test_a_missing_or_foreign_checkpoint_is_a_one_line_error(tiny_study, tmp_path, capsys):
+    assert main(["train", str(tiny_study), "--no-progress"]) == 0
+    reuse = _second_study(tiny_study, tmp_path)
+    data = yaml.safe_load(reuse.read_text())
+    for spec, expected in ((str(tmp_path / "none.pt"), "does not exist"), ("pretrained:nope", "names no shipped"),
+                           (str(tiny_study), "not a readable checkpoint")):
+        data["baseline"]["checkpoint"] = spec
+        reuse.write_text(yaml.safe_dump(data))
+        assert main(["train", str(reuse), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and expected in err, err
+
+
+# --- stale and torn artefacts -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["metrics.json", "model.pt"])
+def test_a_torn_baseline_file_is_set_aside_and_redone(tiny_study, name, caplog):
+    assert main(["train", str(tiny_study), "--no-progress"]) == 0
+    folder = StudyConfig.from_yaml(tiny_study).study_dir
+    path = folder / "baseline" / name
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    model, metrics = Study(StudyConfig.from_yaml(tiny_study), progress=False).baseline()
+    assert metrics["train_steps"] == 6
+    assert str(path) in caplog.text or "unreadable" in caplog.text
+    assert list(folder.glob("baseline-torn*"))
+
+
+def test_a_training_checkpoint_of_another_config_is_not_resumed(tiny_study, caplog):
+    from mpsearch.training.trainer import train
+
+    cfg = StudyConfig.from_yaml(tiny_study)
+    study = Study(cfg, progress=False)
+    model = study.new_model()
+    checkpoint = study.baseline_dir / "checkpoint.pt"
+    train(study.task(model), cfg.train.model_copy(update={"max_steps": 3}), checkpoint=checkpoint,
+          checkpoint_key="another-config", progress=False)
+    _, metrics = study.baseline()
+    assert metrics["train_steps"] == 6 and [h["step"] for h in metrics["history"]] == [3, 6]
+    assert "another training config" in caplog.text
+    assert (study.baseline_dir / "checkpoint.pt.stale").is_file()
+
+
+def test_a_torn_training_checkpoint_is_set_aside(tiny_study, caplog):
+    cfg = StudyConfig.from_yaml(tiny_study)
+    study = Study(cfg, progress=False)
+    study.baseline_dir.mkdir(parents=True)
+    (study.baseline_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
+    _, metrics = study.baseline()
+    assert metrics["train_steps"] == 6 and "unreadable" in caplog.text

@@ -71,7 +71,7 @@ def run_front(args) -> int:
 def print_front(cfg, rows: str = "front", plot: bool = True):
     """Write the front's files and print its table, counts and hypervolume; returns the FrontTable."""
     from mpsearch.search.front_files import write_front
-    from mpsearch.search.pareto import format_front_table
+    from mpsearch.search.pareto import format_front_table, interval_summary
     from mpsearch.search.storage import storage_url
 
     table, written = write_front(cfg, plot=plot)
@@ -80,6 +80,8 @@ def print_front(cfg, rows: str = "front", plot: bool = True):
     print(f"\n{len(table.front)} point(s) on the front of {len(table.frame)} distinct complete trial(s) "
           f"({counts['complete']} complete, {counts['failed']} failed)")
     print(f"hypervolume {table.hypervolume:.6g} against the reference point {table.reference.describe()}")
+    for line in interval_summary(table):
+        print(line)
     print(f"wrote {', '.join(str(p) for p in written)}")
     print(f"browse: optuna-dashboard {storage_url(cfg)}")
     return table

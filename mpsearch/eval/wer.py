@@ -32,3 +32,24 @@ def _rate(output, reference_units: int) -> float:
     if reference_units == 0:
         return 0.0 if errors == 0 else float("inf")
     return errors / reference_units
+
+
+def utterance_errors(references: list[str], hypotheses: list[str]) -> tuple[list[int], list[int]]:
+    """Per utterance: word errors (substitutions + deletions + insertions) and reference words, the
+    counts a bootstrap over utterances resamples (their sums give exactly `error_rates`' WER)."""
+    if len(references) != len(hypotheses):
+        raise MpsearchError(f"utterance_errors got {len(references)} references but {len(hypotheses)} "
+                            "hypotheses; pass one hypothesis per reference.")
+    errors, words = [], []
+    for ref, hyp in zip(references, hypotheses):
+        ref, hyp = " ".join(ref.split()), " ".join(hyp.split())
+        n = len(ref.split())
+        if not ref:
+            errors.append(len(hyp.split()))
+        elif not hyp:
+            errors.append(n)
+        else:
+            out = jiwer.process_words(ref, hyp)
+            errors.append(out.substitutions + out.deletions + out.insertions)
+        words.append(n)
+    return errors, words

@@ -69,18 +69,25 @@ class TrialRunner:
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Scores on the eval split (its seeded subset when `search.eval_utterances` is set) and on test."""
-        from mpsearch.eval.wer import error_rates
+        from mpsearch.eval.bootstrap import wer_interval
+        from mpsearch.eval.wer import error_rates, utterance_errors
 
         task = self.study.task(model, augment=False)
         if not self.is_speech:
             dev, test = task.evaluate(self.cfg.eval_split), task.evaluate("test")
             return {"perplexity": dev["perplexity"], "test_perplexity": test["perplexity"]}
         data = self.study.data
-        scores = {}
+        scores: dict[str, Any] = {}
         for prefix, split in (("", self.cfg.eval_split), ("test_", "test")):
             subset = data.split(split).subset(self.cfg.eval_utterances, seed=self.cfg.seed)
-            for name, value in error_rates(*task.transcribe(subset)).items():
+            refs, hyps = task.transcribe(subset)
+            for name, value in error_rates(refs, hyps).items():
                 scores[prefix + name] = value
+            errors, words = utterance_errors(refs, hyps)
+            interval = wer_interval(errors, words)
+            scores[prefix + "wer_ci_low"], scores[prefix + "wer_ci_high"] = interval.low, interval.high
+            if not prefix:  # what paired comparisons against another trial need (see eval/bootstrap.py)
+                scores["utterances"] = utterance_record(split, refs, errors, words)
         return scores
 
     def hardware_metrics(self, policy: Policy) -> dict[str, float]:
@@ -131,6 +138,15 @@ def calibrated_model(float_model: torch.nn.Module, policy: Policy, emulation: st
         for batch in batches:
             forward(model, batch)
     return model
+
+
+def utterance_record(split: str, references: list[str], errors: list[int], words: list[int]) -> dict[str, Any]:
+    """A trial's per-utterance word errors, compact: two lists of small ints in the scored order, and a
+    digest of the references so two trials are paired only when they scored the same utterances."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(references).encode()).hexdigest()[:16]
+    return {"split": split, "references": digest, "errors": errors, "words": words}
 
 
 def _as_args(batch: Any) -> tuple:

@@ -34,7 +34,11 @@ REFERENCE_MARGIN = 1.1
 UNIFORM_REFERENCE_ORIGIN = "uniform-8"
 # what a trial's model scores (a speech model WER, a language model perplexity), then its hardware cost
 QUALITY_COLUMNS = ("wer", "test_wer", "perplexity", "test_perplexity")
-METRIC_COLUMNS = (*QUALITY_COLUMNS, "latency_ms", "size_bytes", "avg_weight_bits")
+# 95% bootstrap interval of the eval WER, and the paired difference against the uniform 8-bit trial on
+# the same utterances with its interval (eval/bootstrap.py)
+INTERVAL_COLUMNS = ("wer_ci_low", "wer_ci_high", "delta_wer_vs_u8", "delta_ci_low", "delta_ci_high")
+METRIC_COLUMNS = ("wer", *INTERVAL_COLUMNS, "test_wer", "perplexity", "test_perplexity", "latency_ms",
+                  "size_bytes", "avg_weight_bits")
 
 
 # --- geometry ---------------------------------------------------------------------------------------------
@@ -151,8 +155,9 @@ def resolve_reference_point(objectives: Sequence[str], values: np.ndarray, origi
 class FrontTable:
     """The complete trials of a study, one row per distinct point, with the front marked.
 
-    `frame` columns: trial, origin, any objective not among the usual metrics, wer, test_wer,
-    latency_ms, size_bytes, avg_weight_bits, then per searched group `<group>.weight_bits` and
+    `frame` columns: trial, origin, any objective not among the usual metrics, wer, its 95% bootstrap
+    interval (wer_ci_low, wer_ci_high), the paired difference against uniform 8-bit with its interval
+    (delta_wer_vs_u8, delta_ci_low, delta_ci_high), test_wer, latency_ms, size_bytes, avg_weight_bits, then per searched group `<group>.weight_bits` and
     `<group>.method` (from the trial's parameters, or from its stored policy where the field was fixed),
     any other searched fields, and on_front. Rows are sorted by the objectives in order."""
 
@@ -186,11 +191,13 @@ class FrontTable:
         other_params = _other_params(kept)
         group_sites = {g.get("group"): g.get("site_names") or [] for g in study.user_attrs.get("space") or []
                        if isinstance(g, dict)}
-        rows = [_row(t, objectives, prefixes, other_params, group_sites) for t in kept]
+        reference = _reference_utterances(kept)
+        rows = [_row(t, objectives, prefixes, other_params, group_sites, reference) for t in kept]
         columns = _columns(objectives, prefixes, other_params)
         frame = pd.DataFrame(rows, columns=columns)
         # a speech study has no perplexity, a language model no WER: leave out what no trial measured
-        frame = frame.drop(columns=[c for c in QUALITY_COLUMNS if c not in objectives and frame[c].isna().all()])
+        frame = frame.drop(columns=[c for c in (*QUALITY_COLUMNS, *INTERVAL_COLUMNS)
+                                    if c not in objectives and frame[c].isna().all()])
         points = frame[list(objectives)].to_numpy(dtype=float) if len(frame) else np.zeros((0, len(objectives)))
         finite = np.isfinite(points).all(axis=1)
         on_front = np.zeros(len(frame), dtype=bool)
@@ -227,7 +234,9 @@ class FrontTable:
         trial = self.trials[number]
         prefixes = [c[: -len(".weight_bits")] for c in self.group_columns if c.endswith(".weight_bits")]
         other = [c for c in self.group_columns if not c.endswith((".weight_bits", ".method"))]
-        values = _row(trial, self.objectives, prefixes, other)
+        reference = _reference_utterances([t for t in self.trials.values() if t.state.name == "COMPLETE"])
+        values = _row(trial, self.objectives, prefixes, other, reference=reference)
+        values = {k: v for k, v in values.items() if k in self.frame.columns}
         point = np.array([values[o] for o in self.objectives], dtype=float)
         others = self.frame[list(self.objectives)].to_numpy(dtype=float)
         dominated = ((others <= point).all(axis=1) & (others < point).any(axis=1)).any()
@@ -281,11 +290,65 @@ def format_front_table(table: FrontTable, rows: str = "front") -> str:
     frame = table.frame
     if rows == "front":
         frame = frame[frame["on_front"] | frame["origin"].astype(str).str.startswith("uniform-")]
-    shown = frame.copy()
+    shown = _with_intervals_as_text(frame.copy())
     shown["on_front"] = ["*" if v else "" for v in shown["on_front"]]
     formatters = {c: format_value for c in shown.columns if c not in ("trial", "origin", "on_front")}
     text = shown.to_string(index=False, formatters=formatters, na_rep="-")
     return text + "\n(* on the front)"
+
+
+def _with_intervals_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """The interval columns folded into two readable ones: "wer_95ci" and "dwer_vs_u8 [95% CI]"."""
+    if "wer_ci_low" in frame:
+        position = list(frame.columns).index("wer_ci_low")
+        frame.insert(position, "wer_95ci", [_bracket(lo, hi) for lo, hi in zip(frame["wer_ci_low"], frame["wer_ci_high"])])
+    if "delta_wer_vs_u8" in frame:
+        position = list(frame.columns).index("delta_wer_vs_u8")
+        frame.insert(position, "dwer_vs_u8 [95% CI]",
+                     [("-" if math.isnan(d) else f"{d:+.4f} " + _bracket(lo, hi))
+                      for d, lo, hi in zip(frame["delta_wer_vs_u8"], frame["delta_ci_low"], frame["delta_ci_high"])])
+    return frame.drop(columns=[c for c in INTERVAL_COLUMNS if c in frame])
+
+
+def _bracket(low: float, high: float) -> str:
+    return "-" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]"
+
+
+def not_worse_than_uniform8(frame: pd.DataFrame) -> list[int]:
+    """Trials (other than uniform 8-bit itself) whose paired WER difference against uniform 8-bit is not
+    significantly above zero: the upper end of its 95% interval is <= 0 or the interval contains 0."""
+    if "delta_ci_high" not in frame:
+        return []
+    rows = frame[(frame["origin"] != UNIFORM_REFERENCE_ORIGIN) & frame["delta_ci_low"].notna()
+                 & (frame["delta_ci_low"] <= 0)]
+    return [int(n) for n in rows["trial"]]
+
+
+def interval_summary(table: FrontTable) -> list[str]:
+    """Sentences on what the intervals say about the front: which of its policies are not significantly
+    worse than uniform 8-bit, and the WER difference the paired intervals resolve on this eval subset."""
+    frame = table.frame
+    if "delta_ci_high" not in frame or frame["delta_ci_high"].isna().all():
+        return []
+    lines = []
+    reference = frame[frame["origin"] == UNIFORM_REFERENCE_ORIGIN]
+    base = float(reference["wer"].iloc[0]) if len(reference) else math.nan
+    others = frame[(frame["origin"] != UNIFORM_REFERENCE_ORIGIN) & frame["delta_ci_low"].notna()]
+    if len(others):
+        half = float(((others["delta_ci_high"] - others["delta_ci_low"]) / 2).median())
+        relative = f" ({half / base:.0%} of uniform 8-bit's WER {base:.4f})" if base > 0 else ""
+        lines.append(f"paired 95% intervals against uniform 8-bit are +/- {half:.4f} WER wide (median){relative}: "
+                     "smaller differences are not resolved by this eval subset")
+    front = set(table.front_numbers())
+    fine = [n for n in not_worse_than_uniform8(frame) if n in front]
+    if fine:
+        labels = ", ".join(f"{n} ({frame.loc[frame['trial'] == n, 'origin'].iloc[0]})" for n in fine)
+        lines.append(f"front trials not significantly worse than uniform 8-bit (paired 95% interval of the WER "
+                     f"difference reaches 0 or below): {labels}")
+    else:
+        lines.append("every front trial other than uniform 8-bit is significantly worse than it (paired 95% "
+                     "interval of the WER difference above 0)")
+    return lines
 
 
 # --- rows -------------------------------------------------------------------------------------------------
@@ -327,12 +390,37 @@ def _columns(objectives: Sequence[str], prefixes: list[str], other_params: list[
     return ["trial", "origin", *extra, *METRIC_COLUMNS, *groups, *other_params]
 
 
+def _reference_utterances(trials: Sequence) -> dict | None:
+    """The per-utterance record of the lowest-numbered complete uniform 8-bit trial, if it has one."""
+    for t in sorted(trials, key=lambda t: t.number):
+        record = (t.user_attrs.get("metrics") or {}).get("utterances")
+        if t.user_attrs.get("origin") == UNIFORM_REFERENCE_ORIGIN and isinstance(record, dict):
+            return record
+    return None
+
+
+def _paired_delta(record: Any, reference: dict | None) -> tuple[float, float, float]:
+    """(delta, low, high) of a trial's WER against the reference's on the same utterances; NaN when
+    either has no per-utterance record or they scored different utterances."""
+    from mpsearch.eval.bootstrap import paired_delta
+
+    if not isinstance(record, dict) or reference is None:
+        return math.nan, math.nan, math.nan
+    same = (record.get("references") == reference.get("references") and record.get("words") == reference.get("words"))
+    if not same:
+        return math.nan, math.nan, math.nan
+    delta = paired_delta(record["errors"], reference["errors"], record["words"])
+    return delta.value, delta.low, delta.high
+
+
 def _row(trial, objectives: Sequence[str], prefixes: Sequence[str], other_params: Sequence[str],
-         group_sites: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+         group_sites: Mapping[str, Sequence[str]] | None = None, reference: dict | None = None) -> dict[str, Any]:
     metrics = trial.user_attrs.get("metrics") or {}
     row: dict[str, Any] = {"trial": trial.number, "origin": trial.user_attrs.get("origin", "")}
     for name in {*objectives, *METRIC_COLUMNS}:
         row[name] = _float(metrics.get(name))
+    row["delta_wer_vs_u8"], row["delta_ci_low"], row["delta_ci_high"] = _paired_delta(metrics.get("utterances"),
+                                                                                       reference)
     # The stored values are what the search optimised; they win over the metrics dict.
     for name, value in zip(objectives, trial.values or []):
         row[name] = _float(value)

@@ -47,6 +47,15 @@ def plot_front(table: FrontTable, path: str | Path) -> None:
         stairs = stairs[np.lexsort((stairs[:, 1], stairs[:, 0]))]
         ax.step(stairs[:, 0], stairs[:, 1], where="post", color="tab:blue", linewidth=1.2, zorder=3)
 
+    # 95% bootstrap intervals of the error rate, so that differences inside the noise look like it
+    for axis, name in (("x", x_name), ("y", y_name)):
+        if f"{name}_ci_low" in frame and frame[f"{name}_ci_low"].notna().any():
+            shown = frame[frame["on_front"] | frame["origin"].astype(str).str.startswith("uniform-")]
+            err = np.vstack([shown[name] - shown[f"{name}_ci_low"], shown[f"{name}_ci_high"] - shown[name]])
+            err = np.nan_to_num(np.clip(err, 0, None))
+            ax.errorbar(shown[x_name], shown[y_name], **{f"{axis}err": err}, fmt="none", ecolor="tab:blue",
+                        elinewidth=0.8, capsize=2, alpha=0.7, zorder=2.5, label="95% interval")
+
     uniform = frame[frame["origin"].astype(str).str.startswith("uniform-")]
     if len(uniform):
         ax.scatter(uniform[x_name], uniform[y_name], s=60, marker="s", facecolors="none",
@@ -65,7 +74,23 @@ def plot_front(table: FrontTable, path: str | Path) -> None:
         title += f"; showing {x_name} and {y_name}"
     ax.set_title(title, fontsize=9)
     ax.grid(True, linewidth=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    _pad_error_axis(ax, x_name, "x")
+    _pad_error_axis(ax, y_name, "y")
+    # below the axes, never over the points
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
+
+
+MIN_ERROR_SPAN = 0.02  # an error-rate axis spans at least 2 points: a 0.001 spread is not a shape
+
+
+def _pad_error_axis(ax, name: str, axis: str) -> None:
+    if name not in ("wer", "cer"):
+        return
+    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    if high - low < MIN_ERROR_SPAN:
+        middle = (low + high) / 2
+        low, high = max(0.0, middle - MIN_ERROR_SPAN / 2), max(0.0, middle - MIN_ERROR_SPAN / 2) + MIN_ERROR_SPAN
+        (ax.set_xlim if axis == "x" else ax.set_ylim)(low, high)

@@ -33,7 +33,9 @@ def uniform_starts(space: SearchSpace) -> list[WarmStart]:
 
 
 def ilp_starts(study: Study, space: SearchSpace, count: int) -> list[WarmStart]:
-    """`count` allocations spread along the ILP's latency-budget sweep (HAWQ-V3), snapped to the space."""
+    """`count` allocations spread along the ILP's latency-budget sweep (HAWQ-V3), snapped to the space.
+    The sweep's two ends (every site at its widest or narrowest width) are the uniform policies, which
+    are enqueued anyway, so the picks are spread over its inside."""
     if count <= 0:
         return []
     from mpsearch.search.ilp import budget_sweep
@@ -46,7 +48,8 @@ def ilp_starts(study: Study, space: SearchSpace, count: int) -> list[WarmStart]:
         return []
     sweep = budget_sweep(study.sites(), report.omega_for("uniform"), bits, metric="latency_ms",
                          steps=max(8, 4 * count), latency_model=study.latency_model())
-    picked = [sweep[round(i * (len(sweep) - 1) / max(1, count - 1))] for i in range(min(count, len(sweep)))]
+    inside = sweep[1:-1] if len(sweep) > 2 else sweep
+    picked = [inside[round(i * (len(inside) - 1) / max(1, count - 1))] for i in range(min(count, len(inside)))]
     return [WarmStart(f"ilp-{i}", space.params_for(c.policy)) for i, c in enumerate(picked)]
 
 

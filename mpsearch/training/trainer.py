@@ -41,9 +41,11 @@ def _lr_factor(progress: float, warmup_fraction: float) -> float:
 
 def train(task: Task, cfg: TrainConfig, checkpoint: Path | None = None, progress: bool = True,
           on_eval: Callable[[int, dict], None] | None = None, extra_loss: Callable[[], torch.Tensor] | None = None,
-          after_step: Callable[[int], None] | None = None) -> TrainResult:
+          after_step: Callable[[int], None] | None = None, checkpoint_key: str | None = None) -> TrainResult:
     """Train `task.model` in place. With `checkpoint`, resume from it if present and save to it every
-    `cfg.checkpoint_every` steps and at the end, so a kill loses at most that many steps.
+    `cfg.checkpoint_every` steps and at the end, so a kill loses at most that many steps. With
+    `checkpoint_key` (a hash of what the training depends on), a checkpoint saved under another key, or
+    one that cannot be read, is set aside with a warning naming it and training starts afresh.
 
     `extra_loss` adds a regulariser (S8BQAT, ADMM); `after_step(step)` runs after each optimiser step
     (hard compressors, mask updates)."""
@@ -53,8 +55,8 @@ def train(task: Task, cfg: TrainConfig, checkpoint: Path | None = None, progress
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, epoch, epoch_pos, elapsed_before, history = 0, 0, 0, 0.0, []
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, weights_only=False)
+    state = _resumable_state(Path(checkpoint), checkpoint_key) if checkpoint is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, epoch_pos = state["step"], state["epoch"], state["epoch_pos"]
@@ -65,7 +67,7 @@ def train(task: Task, cfg: TrainConfig, checkpoint: Path | None = None, progress
         if checkpoint is None:
             return
         with atomic_path(checkpoint) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            torch.save({"key": checkpoint_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "epoch": epoch, "epoch_pos": epoch_pos, "elapsed": elapsed_before + time.monotonic() - start,
                         "history": history}, tmp)
 
@@ -137,3 +139,24 @@ def train(task: Task, cfg: TrainConfig, checkpoint: Path | None = None, progress
     seconds = elapsed_before + time.monotonic() - start
     save()
     return TrainResult(steps=step, seconds=seconds, final_loss=loss_ema, history=history)
+
+
+def _resumable_state(path: Path, key: str | None) -> dict | None:
+    """The training state saved at `path` if it can be resumed under `key`; otherwise None, with the
+    file moved aside (kept, never deleted) and a warning that names it and why."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=False)
+        if not isinstance(state, dict) or "model" not in state:
+            raise ValueError("not a training checkpoint")
+    except Exception as exc:  # a torn file raises whatever the unpickler hits first
+        why = f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''})"
+    else:
+        if key is None or state.get("key") == key:
+            return state
+        why = f"{path} was saved for another training config (key {state.get('key')!r}, now {key!r})"
+    aside = path.with_name(path.name + ".stale")
+    path.replace(aside)
+    log.warning("%s; moved it to %s and training starts from step 0", why, aside)
+    return None

@@ -216,3 +216,42 @@ def test_load_front_table_reads_the_stored_study(stored):
     assert table.front_numbers() == [0, 1, 3, 6]
     assert table.policy(1) == Policy({"encoder.lstm": QuantConfig(weight_bits=4),
                                       "joiner.out": QuantConfig(weight_bits=8)}, SITES)
+
+
+# --- confidence intervals -----------------------------------------------------------------------------------
+def _record(errors, words, digest="refs-1"):
+    return {"utterances": {"split": "dev", "references": digest, "errors": errors, "words": words},
+            "wer_ci_low": 0.0, "wer_ci_high": 1.0}
+
+
+def test_front_table_pairs_each_trial_with_uniform_8_bit_on_the_same_utterances(tmp_path):
+    from mpsearch.eval.bootstrap import paired_delta
+    from mpsearch.search.pareto import interval_summary, not_worse_than_uniform8
+
+    cfg = study_config(tmp_path)
+    study = make_study(cfg)
+    words = [5, 4, 6, 3, 7, 5]
+    base = [0, 1, 0, 0, 1, 0]
+    add_trial(study, (2 / 30, 4.0), origin="uniform-8", metrics=_record(base, words))
+    add_trial(study, (2 / 30, 2.0), enc=4, origin="uniform-4", metrics=_record(base, words))   # same errors
+    worse = [3, 3, 2, 2, 3, 3]
+    add_trial(study, (16 / 30, 1.0), enc=2, joint=4, origin="uniform-2", metrics=_record(worse, words))
+    add_trial(study, (0.2, 1.5), enc=2, method="gq", metrics=_record([0, 1, 0], [5, 4, 6], "other"))  # other utterances
+    frame = FrontTable.from_study(study, ("wer", "latency_ms")).frame.set_index("origin")
+    assert frame.loc["uniform-8", ["delta_wer_vs_u8", "delta_ci_low", "delta_ci_high"]].tolist() == [0.0, 0.0, 0.0]
+    assert frame.loc["uniform-4", ["delta_wer_vs_u8", "delta_ci_low", "delta_ci_high"]].tolist() == [0.0, 0.0, 0.0]
+    expected = paired_delta(worse, base, words)
+    assert frame.loc["uniform-2", "delta_wer_vs_u8"] == pytest.approx(expected.value)
+    assert frame.loc["uniform-2", "delta_ci_low"] == expected.low > 0
+    assert math.isnan(frame.loc["sampler", "delta_wer_vs_u8"])  # not paired: scored other utterances
+    table = FrontTable.from_study(study, ("wer", "latency_ms"))
+    assert not_worse_than_uniform8(table.frame) == [1]
+    summary = " ".join(interval_summary(table))
+    assert "1 (uniform-4)" in summary and "not significantly worse" in summary
+    text = format_front_table(table, rows="all")
+    assert "wer_95ci" in text and "+0.0000 [0.0000, 0.0000]" in text and "delta_ci_low" not in text
+
+
+def test_front_table_without_records_has_no_interval_columns(stored):
+    table = load_front_table(stored[0])
+    assert not any(c.startswith(("wer_ci", "delta")) for c in table.frame.columns)
