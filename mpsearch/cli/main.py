@@ -9,6 +9,9 @@ import sys
 from mpsearch import __version__
 from mpsearch.errors import MpsearchError
 
+# Commands that train or evaluate models pick their torch thread count from the cores free at start-up.
+TORCH_COMMANDS = ("train", "search", "resume", "sensitivity", "supernet")
+
 # Each module adds its subcommand(s) with `add_parser(subparsers)` and sets `func` on them.
 _COMMAND_MODULES = [
     "mpsearch.cli.data",
@@ -31,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mpsearch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     import importlib
 
     for name in _COMMAND_MODULES:
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command in TORCH_COMMANDS:
+            from mpsearch.runtime import apply_thread_policy
+
+            apply_thread_policy(getattr(args, "workers", None) or 1)
         return int(args.func(args) or 0)
     except MpsearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
