@@ -17,18 +17,25 @@ def add_parser(subparsers) -> None:
                     "command makes them.",
         epilog="examples:\n"
                "  mpsearch report studies/quickstart.yaml                 # runs/quickstart/report.html\n"
-               "  mpsearch report studies/quickstart.yaml --out q.html",
+               "  mpsearch report studies/quickstart.yaml --out q.html\n"
+               "  mpsearch report copies/quickstart/                      # a study folder: its own settings and trials",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+    parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml, or a study folder that has run "
+                                      "(one copied elsewhere included)")
     parser.add_argument("--out", metavar="PATH.html", help="where to write the report (default: report.html in "
                                                            "the study folder)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from mpsearch.config import StudyConfig
-    from mpsearch.report import write_report
+    from pathlib import Path
 
-    print(write_report(StudyConfig.from_yaml(args.study), args.out))
+    from mpsearch.config import StudyConfig
+    from mpsearch.report import study_config_of_folder, write_report
+
+    if Path(args.study).is_dir():
+        print(write_report(study_config_of_folder(args.study), args.out, folder=args.study))
+    else:
+        print(write_report(StudyConfig.from_yaml(args.study), args.out))
     return 0

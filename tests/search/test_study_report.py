@@ -76,8 +76,8 @@ def test_report_of_a_searched_study(make_study, capsys):
     assert f"knee-policy.json; trial {knee.number})" in text
     assert f"Hypervolume {table.hypervolume:.4g}" in text
     for site in json.loads((folder / "knee-policy.json").read_text())["sites"]:
-        assert f"<td>{site}</td>" in text
-    assert "finetune.steps" in text and "<th>knee</th>" in text
+        assert f"<td class=text>{site}</td>" in text
+    assert "finetune.steps" in text and ">knee</th>" in text
     assert "nna-int8" in text and "share" in text
 
     # Without trials, sensitivity or knee policy, those sections say what writes them.
