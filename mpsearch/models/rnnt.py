@@ -6,7 +6,8 @@ transducer head.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from collections.abc import Callable
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from pydantic import Field
@@ -147,38 +148,105 @@ class Joiner(nn.Module):
         return self.out(self.activation(self.add(enc, pred)))
 
 
+Rows = slice | Tensor  # utterances of a batch: the first n (a slice) or any, by index
+
+
+class GreedySteps(Protocol):
+    """The two operations of greedy transducer search, on one padded batch whose encoder output was
+    given when the steps were made: what depends on the encoder alone is prepared then, once for
+    all frames."""
+
+    def labels(self, frame: int, rows: Rows) -> Tensor:
+        """(R,) the joiner's best label for each of `rows` at encoder frame `frame`."""
+
+    def feed(self, rows: Rows, labels: Tensor) -> None:
+        """Advance the prediction network of `rows` by one label each, (R,)."""
+
+
+class FloatGreedySteps:
+    """`GreedySteps` by the modules' own calls: ``predictor.step(tokens (B,), state) -> (out (B, J),
+    state)`` with the state a tuple of tensors whose dim 1 is the batch (as nn.LSTM's), and
+    ``joiner(enc (B, J), pred (B, J)) -> (B, V)``."""
+
+    def __init__(self, predictor: nn.Module, joiner: nn.Module, enc_out: Tensor, blank: int) -> None:
+        self.predictor, self.joiner = predictor, joiner
+        self.frames = enc_out.transpose(0, 1)  # (T, B, J): each frame's rows are one block
+        tokens = torch.full((enc_out.shape[0],), blank, dtype=torch.long, device=enc_out.device)
+        self.pred_out, self.state = predictor.step(tokens, None)
+
+    def labels(self, frame: int, rows: Rows) -> Tensor:
+        return self.joiner(self.frames[frame, rows], self.pred_out[rows]).argmax(dim=-1)
+
+    def feed(self, rows: Rows, labels: Tensor) -> None:
+        out, state = self.predictor.step(labels, tuple(s[:, rows] for s in self.state))
+        self.pred_out[rows] = out
+        for old, new in zip(self.state, state):
+            old[:, rows] = new
+
+
+def greedy_steps(predictor: nn.Module, joiner: nn.Module, enc_out: Tensor, blank: int = BLANK) -> GreedySteps:
+    """The steps the greedy search runs on: the joiner's own where it offers them, else `FloatGreedySteps`.
+
+    The first module of the joiner (the joiner itself included) with a ``greedy_steps(predictor,
+    joiner, enc_out, blank)`` method decides: it returns its steps, or None where it cannot run
+    these parts. This is how modules swapped in from outside (NNA emulation's integer layers) run the
+    search their own way, everything that stays fixed across frames prepared once, without the model
+    importing them.
+    """
+    for module in joiner.modules():
+        build = getattr(module, "greedy_steps", None)
+        if callable(build):
+            steps = build(predictor, joiner, enc_out, blank)
+            if steps is not None:
+                return steps
+            break
+    return FloatGreedySteps(predictor, joiner, enc_out, blank)
+
+
 @torch.no_grad()
 def transducer_greedy_search(enc_out: Tensor, enc_lengths: Tensor, predictor: nn.Module, joiner: nn.Module,
-                             max_symbols_per_frame: int = 5, blank: int = BLANK) -> list[list[int]]:
-    """Batched greedy transducer decoding, all utterances in step, frame by frame.
+                             max_symbols_per_frame: int = 5, blank: int = BLANK,
+                             make_steps: Callable[..., GreedySteps] = greedy_steps) -> list[list[int]]:
+    """Greedy transducer decoding of a padded batch, frame-synchronous, on the steps that
+    ``make_steps(predictor, joiner, enc_out, blank)`` makes (by default the joiner's own where it offers
+    them, see `greedy_steps`; `FloatGreedySteps` runs the modules' own calls).
 
-    ``predictor.step(tokens (B,), state) -> (out (B, J), state)`` with the state a tuple of tensors
-    whose dim 1 is the batch (as nn.LSTM's), and ``joiner(enc (B, J), pred (B, J)) -> (B, V)``.
     At each frame an utterance emits labels until the joiner prefers blank or it has emitted
-    ``max_symbols_per_frame`` labels.
+    ``max_symbols_per_frame`` labels. All utterances advance one encoder frame together; the joiner
+    scores every utterance still emitting at once, and those that emit a label advance their
+    prediction network in one batched call. Utterances are taken longest first, so the ones still
+    within their length at a frame are the first n rows.
     """
-    batch = enc_out.shape[0]
-    enc_lengths = enc_lengths.to(enc_out.device)
-    tokens = torch.full((batch,), blank, dtype=torch.long, device=enc_out.device)
-    pred_out, state = predictor.step(tokens, None)
+    batch, frames = enc_out.shape[:2]
+    lengths = [min(int(n), frames) for n in enc_lengths.tolist()]
+    order = sorted(range(batch), key=lambda b: -lengths[b])
+    if order != list(range(batch)):
+        enc_out = enc_out.index_select(0, torch.tensor(order, device=enc_out.device))
+    lengths = [lengths[b] for b in order]
+    steps = make_steps(predictor, joiner, enc_out, blank)
     hypotheses: list[list[int]] = [[] for _ in range(batch)]
-    for t in range(enc_out.shape[1]):
-        active = enc_lengths > t
-        if not active.any():
-            break
-        enc_t = enc_out[:, t]
+    active = batch
+    for t in range(lengths[0] if batch else 0):
+        while lengths[active - 1] <= t:
+            active -= 1
+        rows: Rows = slice(0, active)
+        members = list(range(active))
         for _ in range(max_symbols_per_frame):
-            labels = joiner(enc_t, pred_out).argmax(dim=-1)
-            emit = active & (labels != blank)
-            if not emit.any():
+            labels = steps.labels(t, rows).tolist()
+            emitted = [i for i, label in enumerate(labels) if label != blank]
+            if not emitted:
                 break
-            for b, label in zip(emit.nonzero().flatten().tolist(), labels[emit].tolist()):
-                hypotheses[b].append(label)
-            new_out, new_state = predictor.step(labels, state)
-            pred_out = torch.where(emit[:, None], new_out, pred_out)
-            state = tuple(torch.where(emit[None, :, None], new, old) for new, old in zip(new_state, state))
-            active = emit
-    return hypotheses
+            if len(emitted) < len(members):
+                members = [members[i] for i in emitted]
+                labels = [labels[i] for i in emitted]
+                rows = torch.tensor(members, device=enc_out.device)
+            for row, label in zip(members, labels):
+                hypotheses[row].append(label)
+            steps.feed(rows, torch.tensor(labels, device=enc_out.device))
+    result: list[list[int]] = [[] for _ in range(batch)]
+    for row, b in enumerate(order):
+        result[b] = hypotheses[row]
+    return result
 
 
 class RNNT(nn.Module):

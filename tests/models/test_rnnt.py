@@ -52,7 +52,8 @@ class CountingPredictor(nn.Module):
 
 
 class ScriptedJoiner(nn.Module):
-    """Emits script[b][t] one label at a time at frame t, then blank; enc holds the frame index."""
+    """Emits script[b][t] one label at a time at frame t, then blank; enc holds the frame index and the
+    utterance b (the search may score any subset of the batch, in any order)."""
 
     def __init__(self, script, vocab=6):
         super().__init__()
@@ -60,16 +61,20 @@ class ScriptedJoiner(nn.Module):
 
     def forward(self, enc, pred):
         logits = torch.zeros(enc.shape[0], self.vocab)
-        for b, (frame, emitted) in enumerate(zip(enc[:, 0].long().tolist(), pred[:, 0].long().tolist())):
+        for row, (frame, b, emitted) in enumerate(zip(enc[:, 0].long().tolist(), enc[:, 1].long().tolist(),
+                                                      pred[:, 0].long().tolist())):
             before = sum(len(labels) for labels in self.script[b][:frame])
             labels = self.script[b][frame]
             index = emitted - before
-            logits[b, labels[index] if index < len(labels) else 0] = 10.0
+            logits[row, labels[index] if index < len(labels) else 0] = 10.0
         return logits
 
 
 def frame_indices(batch, frames):
-    return torch.arange(frames, dtype=torch.float32)[None, :, None].expand(batch, frames, 1)
+    """(batch, frames, 2): each frame's index and its utterance's."""
+    frame = torch.arange(frames, dtype=torch.float32)[None, :].expand(batch, frames)
+    utterance = torch.arange(batch, dtype=torch.float32)[:, None].expand(batch, frames)
+    return torch.stack([frame, utterance], dim=-1)
 
 
 def test_greedy_search_follows_the_joiner_frame_by_frame():
@@ -77,6 +82,14 @@ def test_greedy_search_follows_the_joiner_frame_by_frame():
     hyps = transducer_greedy_search(frame_indices(2, 4), torch.tensor([4, 3]), CountingPredictor(),
                                     ScriptedJoiner(script), max_symbols_per_frame=5)
     assert hyps == [[2, 3, 3, 4, 5], [4, 2]]  # the second utterance ends before its last frame
+
+
+def test_greedy_search_keeps_each_utterance_apart_whatever_the_order_of_lengths():
+    # Utterances stop emitting at different frames, end at different frames, and come shortest first.
+    script = [[[3], [2]], [[], [4], [2, 2], [5]], [[4, 4], [], [3]], [[5, 5, 5], [], [], [2, 4]]]
+    hyps = transducer_greedy_search(frame_indices(4, 4), torch.tensor([2, 4, 3, 4]), CountingPredictor(),
+                                    ScriptedJoiner(script), max_symbols_per_frame=5)
+    assert hyps == [[3, 2], [4, 2, 2, 5], [4, 4, 3], [5, 5, 5, 2, 4]]
 
 
 def test_greedy_search_caps_labels_per_frame():

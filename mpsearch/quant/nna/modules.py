@@ -393,6 +393,14 @@ class NNAModule:
             attach_codes(value, codes, scale, bounds or self.numerics.act_range)
         return value
 
+    def greedy_steps(self, predictor: nn.Module, joiner: nn.Module, enc_out: Tensor, blank: int) -> Any:
+        """Greedy transducer search steps on the chip's integers, prepared once per batch, for the
+        search of a joiner this module belongs to (see mpsearch.models.rnnt.greedy_steps); None where
+        the predictor and joiner are not parts the integer decoder knows."""
+        from mpsearch.quant.nna.decoding import integer_greedy_steps
+
+        return integer_greedy_steps(predictor, joiner, enc_out, blank)
+
     def get_extra_state(self) -> dict[str, Any]:
         return {"phase": self.phase, "input_sources": list(self.input_sources),
                 "numerics": self.numerics.to_dict(), "nna_name": self.nna_name}
@@ -507,6 +515,42 @@ def _grad_wanted() -> bool:
     return torch.is_grad_enabled()
 
 
+# What a bare nn.Module keeps in its __dict__ (hooks, registries, flags): not quantizer state.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _code_inputs(module: QuantModule, param: str) -> tuple[tuple[Tensor, ...], tuple] | None:
+    """Everything `quantize_int(param)` reads: the weight, the tensors of its quantizer and sparsifier,
+    and their other attributes (bit width, options, flags), or None where an attribute is not a plain
+    value that can be compared."""
+    tensors: list[Tensor] = [getattr(module, param)]
+    values: list[Any] = []
+    owners = [module.weight_quantizers[param]]
+    if param in getattr(module, "weight_sparsifiers", {}):
+        owners.append(module.weight_sparsifiers[param])
+    for owner in owners:
+        for sub in owner.modules():
+            tensors.extend(t for t in sub._parameters.values() if t is not None)
+            tensors.extend(t for t in sub._buffers.values() if t is not None)
+            for key, value in vars(sub).items():
+                if key in _MODULE_INTERNALS and key != "training":
+                    continue
+                if isinstance(value, tuple) and all(isinstance(v, _SCALARS) for v in value) or \
+                        isinstance(value, _SCALARS):
+                    values.append((key, value))
+                else:
+                    return None
+    return tuple(tensors), tuple(values)
+
+
+def _same_state(state: tuple[tuple[Tensor, ...], tuple], memo: tuple[tuple[Tensor, ...], tuple]) -> bool:
+    (tensors, values), (kept, kept_values) = state, memo
+    return values == kept_values and len(tensors) == len(kept) and all(
+        t.dtype == k.dtype and t.shape == k.shape and t.device == k.device and torch.equal(t, k)
+        for t, k in zip(tensors, kept))
+
+
 class NNAWeighted(NNAModule, QuantModule):
     """A module with weight sites: codes from each site's own quantizer (symmetric, 2..8 bits)."""
 
@@ -522,11 +566,26 @@ class NNAWeighted(NNAModule, QuantModule):
         return new
 
     def weight_codes(self, param: str) -> tuple[Tensor, Tensor, int]:
-        """(int8 codes, per-output-channel float32 scale of shape (out,), bits) of weight `param`."""
+        """(int8 codes, per-output-channel float32 scale of shape (out,), bits) of weight `param`.
+
+        Deriving them (a scale search per channel) costs far more than the integer forward of a
+        decoding step, and between training steps nothing changes: they are kept with a copy of
+        everything they are computed from and reused while all of it is equal, value for value.
+        """
+        state = _code_inputs(self, param)
+        memos = self.__dict__.setdefault("_weight_code_memos", {})
+        memo = memos.get(param)
+        if state is not None and memo is not None and _same_state(state, memo[0]):
+            return memo[1]
         weight = getattr(self, param)
         quantizer = self.weight_quantizers[param]
         codes, scale, _ = self.quantize_int(param)  # QuantModule.quantize_int: pruned weights at code 0
-        return codes, scale.reshape(-1).expand(weight.shape[0]).to(torch.float32), quantizer.bits
+        result = codes, scale.reshape(-1).expand(weight.shape[0]).to(torch.float32), quantizer.bits
+        if state is None:
+            memos.pop(param, None)
+        else:
+            memos[param] = ((tuple(t.detach().clone() for t in state[0]), state[1]), result)
+        return result
 
 
 class _Affine(NNAWeighted):

@@ -153,3 +153,19 @@ def test_a_deferred_lattice_value_reads_as_the_dense_one(tiny_rnnt, speech):
         assert torch.equal(joiner.out(hidden), joiner.out(eager))
         hidden.mul_(2)  # changed in place: its codes no longer hold, the consumer reads the new value
         assert torch.equal(joiner.out(hidden), eager_out)
+
+
+def test_weight_codes_are_reused_only_while_what_they_come_from_is_unchanged(tiny_rnnt, speech):
+    emulated = calibrated(tiny_rnnt, speech)
+    layer = emulated.joiner.out
+    quantizer = layer.weight_quantizers["weight"]
+    first = layer.weight_codes("weight")
+    assert layer.weight_codes("weight")[0] is first[0]
+    with torch.no_grad():
+        layer.weight.data[0, 0] += 1.0  # through .data: no version counter sees it
+    changed = layer.weight_codes("weight")
+    assert changed[0] is not first[0] and not torch.equal(changed[0], first[0])
+    assert torch.equal(changed[0], quantizer.quantize_int(layer.weight)[0])
+    quantizer.set_bits(4)  # a plain attribute of the quantizer
+    codes, _, bits = layer.weight_codes("weight")
+    assert bits == 4 and int(codes.abs().max()) <= 7
