@@ -31,12 +31,11 @@ from mpsearch.quant.parts import (
     MIN_SCALE,
     ROUNDINGS,
     BitWidth,
+    WEIGHT_SCALES,
     LearnedStep,
-    MinMaxScale,
     fake_quantize,
     grad_scale,
     integer_codes,
-    mean_abs,
     scale_shape,
 )
 from mpsearch.registry import Registry
@@ -54,8 +53,15 @@ def _check_momentum(value: Any) -> None:
         raise PolicyError(f"The option 'act_momentum' must be a number in (0, 1]; got {value!r}.")
 
 
+def _check_weight_scale(value: Any) -> None:
+    if value not in WEIGHT_SCALES:
+        raise PolicyError(f"The option 'weight_scale' must be one of {', '.join(WEIGHT_SCALES.names())}; "
+                          f"got {value!r}.")
+
+
 # Option name -> validator. A quantizer class lists the names it reads in `options`.
-OPTION_CHECKS = {"rounding": _check_rounding, "act_momentum": _check_momentum}
+OPTION_CHECKS = {"rounding": _check_rounding, "act_momentum": _check_momentum,
+                 "weight_scale": _check_weight_scale}
 
 
 def validate_options(cfg: QuantConfig) -> None:
@@ -153,23 +159,27 @@ class WeightQuantizer(nn.Module):
 
 @QUANTIZERS.register("uniform")
 class UniformQuantizer(WeightQuantizer):
-    """Uniform grid whose scale follows the current weight: max|w| / qmax (or min/max with a zero point).
+    """Uniform grid whose scale follows the current weight: by default the scale of least squared error
+    per channel (parts.MseScale), or max|w| / qmax with option `weight_scale: maxabs` (min/max with a
+    zero point when asymmetric).
 
     The scale is recomputed from the weight on every forward rather than calibrated once: weights move
     during fine-tuning, a stale range would clip them with zero gradient, and there is no state to
     save. Gradients are straight-through; the scale is treated as a constant.
     """
 
+    options: ClassVar[dict[str, Any]] = {"rounding": "half_even", "weight_scale": "mse"}
+
     def __init__(self, bits: int, symmetric: bool = True, per_channel: bool = True,
-                 rounding: str = "half_even") -> None:
+                 rounding: str = "half_even", scale: str = "mse") -> None:
         super().__init__(bits, symmetric, per_channel, rounding)
-        self.scaling = MinMaxScale(per_channel)
+        self.scaling = WEIGHT_SCALES.get(scale)(per_channel)
 
     @classmethod
     def from_config(cls, cfg: QuantConfig, weight: Tensor) -> UniformQuantizer:
         cls.check_config(cfg)
         return cls(cfg.weight_bits, cfg.symmetric, cfg.granularity == "per_channel",
-                   _option(cfg, cls, "rounding"))
+                   _option(cfg, cls, "rounding"), _option(cfg, cls, "weight_scale"))
 
     def scale_and_zero_point(self, w: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.scaling(w, self.width)
@@ -179,17 +189,21 @@ class UniformQuantizer(WeightQuantizer):
 class LsqQuantizer(WeightQuantizer):
     """Learned Step Size Quantization (Esser et al. 2020): the step is a parameter trained with the weights.
 
-    The step starts at 2 * mean|w| / sqrt(qmax) (per channel or per tensor) and receives the LSQ
-    gradient (round(v) - v inside the range, qmin or qmax outside) scaled by 1 / sqrt(n * qmax).
+    The step starts at the weight's scale of least squared error (per channel or per tensor; option
+    `weight_scale: maxabs` starts it at max|w| / qmax instead), as LSQ+ initialises it, rather than the
+    paper's 2 * mean|w| / sqrt(qmax), which at 2-3 bits starts far from the best grid. It receives the
+    LSQ gradient (round(v) - v inside the range, qmin or qmax outside) scaled by 1 / sqrt(n * qmax).
     Symmetric only: the integer range is the restricted one, [-(2^(b-1)-1), 2^(b-1)-1].
     """
 
     activation_method: ClassVar[str] = "lsq"
+    options: ClassVar[dict[str, Any]] = {"rounding": "half_even", "weight_scale": "mse"}
 
-    def __init__(self, bits: int, weight: Tensor, per_channel: bool = True, rounding: str = "half_even") -> None:
+    def __init__(self, bits: int, weight: Tensor, per_channel: bool = True, rounding: str = "half_even",
+                 scale: str = "mse") -> None:
         super().__init__(bits, True, per_channel, rounding)
         w = weight.detach()
-        init = 2.0 * mean_abs(w, per_channel) / math.sqrt(self.width.qmax)
+        init, _ = WEIGHT_SCALES.get(scale)(per_channel)(w, self.width)
         init = init.reshape(scale_shape(w.shape, per_channel))
         per_step = w.numel() // w.shape[0] if per_channel and w.dim() > 0 else w.numel()
         self.scaling = LearnedStep(init, per_step)
@@ -204,7 +218,8 @@ class LsqQuantizer(WeightQuantizer):
     @classmethod
     def from_config(cls, cfg: QuantConfig, weight: Tensor) -> LsqQuantizer:
         cls.check_config(cfg)
-        return cls(cfg.weight_bits, weight, cfg.granularity == "per_channel", _option(cfg, cls, "rounding"))
+        return cls(cfg.weight_bits, weight, cfg.granularity == "per_channel", _option(cfg, cls, "rounding"),
+                   _option(cfg, cls, "weight_scale"))
 
     def set_bits(self, bits: int) -> None:
         # The initial step scales as 1/sqrt(qmax); keeping that relation preserves what was learned.

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from mpsearch.errors import MpsearchError, PolicyError
 from mpsearch.quant import ACTIVATION_QUANTIZERS, QUANTIZERS, QuantConfig
-from mpsearch.quant.parts import BitWidth, RoundHalfAway, RoundHalfEven
+from mpsearch.quant.parts import BitWidth, MinMaxScale, MseScale, RoundHalfAway, RoundHalfEven
 from mpsearch.quant.quantizers import (
     LsqActivationQuantizer,
     LsqQuantizer,
@@ -36,7 +36,7 @@ def test_integer_ranges():
 
 def test_symmetric_int8_uses_the_restricted_range_and_hits_both_ends():
     w = torch.tensor([[-2.0, 0.5, 1.0], [0.1, -0.3, 0.3]])
-    q = UniformQuantizer(8, symmetric=True, per_channel=True)
+    q = UniformQuantizer(8, symmetric=True, per_channel=True, scale="maxabs")
     codes, scale, zero_point = q.quantize_int(w)
     assert codes.dtype == torch.int8
     assert codes[0].tolist()[0] == -127 and codes[1].abs().max() == 127
@@ -76,10 +76,56 @@ def test_half_away_matches_python_decimal_rounding(values):
        st.integers(2, 8), st.booleans())
 def test_uniform_error_is_at_most_half_a_step(values, bits, symmetric):
     w = torch.tensor(values).reshape(1, -1)
-    q = UniformQuantizer(bits, symmetric=symmetric, per_channel=True)
+    q = UniformQuantizer(bits, symmetric=symmetric, per_channel=True, scale="maxabs")
     scale, _ = q.scale_and_zero_point(w)
     err = (q(w) - w).abs().max()
     assert err <= scale.max() * 0.5 * (1 + 1e-5) + 1e-7
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-10.0, 10.0, allow_nan=False, width=32), min_size=2, max_size=64),
+       st.integers(2, 8), st.booleans())
+def test_mse_scale_never_does_worse_than_max_abs(values, bits, symmetric):
+    w = torch.tensor(values).reshape(1, -1)
+    mse = UniformQuantizer(bits, symmetric=symmetric, per_channel=True, scale="mse")
+    maxabs = UniformQuantizer(bits, symmetric=symmetric, per_channel=True, scale="maxabs")
+    mse_error, maxabs_error = float((mse(w) - w).square().sum()), float((maxabs(w) - w).square().sum())
+    assert mse_error <= maxabs_error * (1 + 1e-5) + 1e-10
+    assert torch.equal(mse(mse(w)), mse(w)) or torch.allclose(mse(mse(w)), mse(w), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["uniform", "lsq"])
+def test_mse_scale_reaches_the_error_targets_on_a_gaussian(method):
+    w = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    errors = {}
+    for bits in (2, 3):
+        for scale in ("mse", "maxabs"):
+            cfg = QuantConfig(weight_bits=bits, act_bits=None, method=method, options={"weight_scale": scale})
+            q = make_weight_quantizer(cfg, w).eval()
+            with torch.no_grad():
+                errors[bits, scale] = float((q(w) - w).norm() / w.norm())
+    assert errors[2, "mse"] <= 0.50 and errors[3, "mse"] <= 0.22
+    assert errors[2, "maxabs"] > 0.75 and errors[3, "maxabs"] > 0.27  # the option keeps the old scale
+
+
+def test_mse_scale_is_the_default_and_maxabs_an_option():
+    w = torch.randn(8, 16)
+    assert isinstance(make_weight_quantizer(QuantConfig(), w).scaling, MseScale)
+    assert isinstance(make_weight_quantizer(QuantConfig(options={"weight_scale": "maxabs"}), w).scaling, MinMaxScale)
+    with pytest.raises(PolicyError, match="'weight_scale' must be one of maxabs, mse; got 'minmax'"):
+        make_weight_quantizer(QuantConfig(options={"weight_scale": "minmax"}), w)
+
+
+def test_mse_scale_clips_outliers_and_is_idempotent_per_tensor():
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(64, 300, generator=gen)
+    w[0, 0] = 40.0  # one outlier: max-abs would spend the 4-bit grid on it
+    q = UniformQuantizer(4, per_channel=False)
+    scale, _ = q.scale_and_zero_point(w)
+    assert float(scale) < 40.0 / 7 / 2
+    once = q(w)
+    assert torch.allclose(q(once), once, atol=1e-6)
+    assert float((once - w).norm()) < float((UniformQuantizer(4, per_channel=False, scale="maxabs")(w) - w).norm())
 
 
 def test_uniform_scale_follows_the_weight_every_forward():
@@ -94,7 +140,7 @@ def test_lsq_step_init_and_paper_gradient():
     q = LsqQuantizer(4, w, per_channel=False)
     qp = 7
     step = q.scaling.step
-    assert torch.allclose(step, 2 * w.abs().mean() / math.sqrt(qp))
+    assert torch.allclose(step, MseScale(per_channel=False)(w, BitWidth(4))[0])  # LSQ+-style start
     with torch.no_grad():
         step.fill_(0.3)  # a step small enough that some weights clip
     upstream = torch.randn(6, 10)
@@ -113,10 +159,12 @@ def test_lsq_per_channel_steps_and_set_bits():
     w = torch.randn(5, 3, 2)
     q = LsqQuantizer(8, w, per_channel=True)
     assert q.scaling.step.shape == (5, 1, 1)
-    expected = 2 * w.abs().mean(dim=(1, 2), keepdim=True) / math.sqrt(127)
+    expected = MseScale(per_channel=True)(w, BitWidth(8))[0]
     assert torch.allclose(q.scaling.step, expected)
     q.set_bits(4)
-    assert torch.allclose(q.scaling.step, 2 * w.abs().mean(dim=(1, 2), keepdim=True) / math.sqrt(7), rtol=1e-5)
+    assert torch.allclose(q.scaling.step, expected * math.sqrt(127 / 7), rtol=1e-5)
+    maxabs = LsqQuantizer(8, w, per_channel=True, scale="maxabs")
+    assert torch.allclose(maxabs.scaling.step, w.abs().amax(dim=(1, 2), keepdim=True) / 127)
 
 
 def test_lsq_refuses_asymmetric_weights_with_a_fix():
