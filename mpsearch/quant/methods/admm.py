@@ -1,9 +1,14 @@
-"""admm: quantization by the alternating direction method of multipliers (as used by Xu et al. 2021).
+"""admm: quantization by the alternating direction method of multipliers (Leng et al. 2018, as used by
+Xu et al. 2021).
 
 The float weight W trains on loss + rho/2 ||W - Z + U||^2, where Z is a quantized copy and U the scaled
-dual; every K steps the projection Z = Q_b(W + U) (the site's uniform quantizer) and the dual update
-U += W - Z pull W onto the quantized set, with rho optionally growing at each update. The training forward
-is the float W; eval mode and export use Q_b(W), which the penalty has driven W close to.
+dual; every K steps the projection Z = Q_b(W + U) and the dual update U += W - Z pull W onto the quantized
+set, with rho optionally growing at each update. The projection is Leng et al.'s least-squares fit: per
+channel, the scale alpha and the integer codes q of min ||V - alpha q|| are found by alternating
+q = clamp(round(V / alpha)) and alpha = <V, q> / <q, q> (parts.least_squares_scale). U is the scaled dual
+y / rho, so when rho is multiplied by k, U is divided by k (Boyd et al. 2011, section 3.4.1); without that
+the multiplier rho * U would grow with rho and push W past the grid. The training forward is the float W;
+eval mode and export use Q_b(W) on the same least-squares grid, which the penalty has driven W close to.
 """
 
 from __future__ import annotations
@@ -16,16 +21,19 @@ from torch import Tensor
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.methods.options import check_number
 from mpsearch.quant.methods.protocol import ScheduledMethod
+from mpsearch.quant.parts import least_squares_scale
 from mpsearch.quant.quantizers import QUANTIZERS, UniformQuantizer
+
 
 
 @QUANTIZERS.register("admm")
 class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
-    """The uniform quantizer of the site, plus ADMM's auxiliary Z and dual U (buffers shaped like W).
+    """A uniform grid at the least-squares scale, plus ADMM's auxiliary Z and dual U (buffers shaped like W).
 
-    Options: `rho` (penalty at the start), `rho_growth` (rho is multiplied by it after every update),
-    `update_every` (steps between ADMM updates), `rounding`. `residuals` records ||W - Z|| at every
-    update (the primal residual), for monitoring convergence.
+    Options: `rho` (penalty at the start), `rho_growth` (rho is multiplied by it after every update, and U
+    divided by it), `update_every` (steps between ADMM updates), `rounding`. `residuals` records
+    ||W - Z|| at every update (the primal residual), for monitoring convergence. Asymmetric grids keep
+    the searched min/max range of the uniform quantizer (the least-squares fit has no zero point).
     """
 
     options: ClassVar[dict[str, Any]] = {"rounding": "half_even", "rho": 0.1, "rho_growth": 1.1,
@@ -66,9 +74,14 @@ class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
     def rho(self) -> float:
         return self.rho0 * self.rho_growth ** int(self.updates)
 
+    def scale_and_zero_point(self, w: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.width.mode == "asymmetric":
+            return super().scale_and_zero_point(w)
+        return least_squares_scale(w, self.width, self.per_channel), None
+
     @torch.no_grad()
     def project(self, x: Tensor) -> Tensor:
-        """Q_b(x): the nearest point of the site's uniform grid (its scale taken from x)."""
+        """Q_b(x): alpha * q with the least-squares scale alpha and codes q of x, per channel."""
         return super().forward(x)
 
     def forward(self, w: Tensor) -> Tensor:
@@ -80,11 +93,13 @@ class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
 
     @torch.no_grad()
     def admm_update(self, w: Tensor) -> float:
-        """Z = Q_b(W + U), U += W - Z; returns (and records) the primal residual ||W - Z||."""
+        """Z = Q_b(W + U), U += W - Z, then rho *= rho_growth and U /= rho_growth (the multiplier rho * U is
+        unchanged); returns (and records) the primal residual ||W - Z||."""
         w = w.detach()
         self.z.copy_(self.project(w + self.u))
         self.u.add_(w - self.z)
         self.updates += 1
+        self.u.div_(self.rho_growth)
         residual = float((w - self.z).norm())
         self.residuals.append(residual)
         return residual
