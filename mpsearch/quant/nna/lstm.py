@@ -354,7 +354,7 @@ def integer_recurrence(acc_x: Tensor, h_q: Tensor, c_q: Tensor, p: Mapping[str, 
     Returns the hidden codes (B, T, H), in the recurrent matmul's operand dtype (`exact_matmul_dtype`),
     and the int64 cell codes (B, T, H) if `all_cells`, else the last (B, H).
     """
-    steps, batch, rows = acc_x.shape
+    steps, batch = acc_x.shape[:2]
     cell = IntegerCell(p, tables, n)
     x_terms = cell.input_terms(acc_x)
     hs = torch.empty(steps, batch, cell.hidden, dtype=cell.dtype, device=acc_x.device)
