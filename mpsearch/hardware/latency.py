@@ -9,6 +9,9 @@ Per site and step: time = max(compute, weight reads, activation traffic) + layer
   on-chip model is never slower than the same model off chip, and fewer bits never cost time. An
   embedding reads one row per step.
 - activation traffic: inputs read plus outputs written, at the chip's activation width.
+Weight storage counts the codebooks of the centroid methods: where sub-8-bit weights are stored packed,
+an s8bqat or gq weight is a b-bit index into a table of 2^b int8 centroids that the chip holds beside it
+(CODEBOOK_TABLES says how many tables a site has).
 Steps per utterance come from the site's `step` and the Workload: frame -> frames, token -> tokens,
 joint -> frames + tokens (greedy RNN-T runs the joiner once per frame and once per emitted token),
 lm -> `lm_tokens` (default: tokens). With `chunk_frames`, frame sites run once per chunk on
@@ -27,6 +30,7 @@ from mpsearch.config import Section
 from mpsearch.errors import ConfigError, PolicyError
 from mpsearch.hardware.profile import (
     FLOAT_BITS,
+    NATIVE_CONTAINER_BITS,
     HardwareProfile,
     NonNegative,
     Positive,
@@ -43,6 +47,13 @@ STEPS = ("frame", "token", "joint", "lm")
 BOUNDS = ("compute", "memory", "activation")
 # Float compute on an int8 datapath: 32-bit lanes hold a quarter of the 8-bit ones.
 FLOAT_MAC_RATE_DIVISOR = 4.0
+# Methods whose weights index a table of 2^b int8 centroids, and how many tables a site holds: s8bqat
+# fits one per quantization group (each output channel unless granularity is per_tensor), gq one per
+# tensor (with a step per channel). Weights stored in full int8 containers hold the centroid's int8 value
+# itself and need no table, which is also how a compiler stores a layer whose tables would outweigh the
+# savings. The per-channel scales are not counted for any method (every method has the same ones).
+CODEBOOK_TABLES = {"s8bqat": "per_group", "gq": "per_tensor"}
+CODEBOOK_ENTRY_BITS = 8
 _BYTES_PER_US_PER_GBPS = 1e3
 
 
@@ -185,31 +196,46 @@ class RooflineLatencyModel:
         return cfg.weight_bits, act_bits, density
 
     def weight_bytes(self, site: Site, cfg: QuantConfig | None) -> int:
-        """Storage of `site`'s weights, sparse-format overhead included."""
+        """Storage of `site`'s weights, sparse-format overhead and codebooks included."""
         bits, _, density = self.widths(site, cfg)
-        return self._weight_bytes(site, bits, density)
+        return self._weight_bytes(site, bits, density, cfg)
 
-    def _weight_bytes(self, site: Site, bits: int, density: float) -> int:
-        p = self.profile
-        stored = bits if bits == FLOAT_BITS else p.stored_bits(bits)
-        dense = site.numel * stored
-        total = dense
-        if density < 1.0 and p.sparse_format != "none":
-            kept = round(site.numel * density)
-            if p.sparse_format == "bitmask":
-                sparse = kept * stored + site.numel
-            else:
-                sparse = kept * (stored + p.sparse_index_bits)
-            # A compiler keeps a layer dense when its sparse encoding would be larger.
-            total = min(dense, sparse)
+    def codebook_bits(self, site: Site, cfg: QuantConfig | None) -> int:
+        """Bits of the centroid tables `site`'s weights index (0 for grid methods and int8 storage)."""
+        layout = CODEBOOK_TABLES.get(cfg.method) if cfg is not None else None
+        if layout is None or self.profile.stored_bits(cfg.weight_bits) >= NATIVE_CONTAINER_BITS:
+            return 0
+        tables = site.shape[0] if layout == "per_group" and cfg.granularity == "per_channel" else 1
+        return tables * 2 ** cfg.weight_bits * CODEBOOK_ENTRY_BITS
+
+    def _weight_bytes(self, site: Site, bits: int, density: float, cfg: QuantConfig | None = None) -> int:
+        stored = bits if bits == FLOAT_BITS else self.profile.stored_bits(bits)
+        total = self._stored_bits(site, stored, density)
+        tables = self.codebook_bits(site, cfg)
+        if tables:
+            # A compiler stores the centroids' int8 values themselves when the tables would cost more.
+            total = min(total + tables, self._stored_bits(site, NATIVE_CONTAINER_BITS, density))
         return math.ceil(total / 8)
+
+    def _stored_bits(self, site: Site, stored: int, density: float) -> int:
+        p = self.profile
+        dense = site.numel * stored
+        if density >= 1.0 or p.sparse_format == "none":
+            return dense
+        kept = round(site.numel * density)
+        if p.sparse_format == "bitmask":
+            sparse = kept * stored + site.numel
+        else:
+            sparse = kept * (stored + p.sparse_index_bits)
+        # A compiler keeps a layer dense when its sparse encoding would be larger.
+        return min(dense, sparse)
 
     def step_cost(self, site: Site, cfg: QuantConfig | None, frames_per_step: int = 1,
                   onchip: bool = False) -> StepCost:
         """Compute, weight-read and activation microseconds of one invocation of `site`."""
         p = self.profile
         bits, act_bits, density = self.widths(site, cfg)
-        weight_bytes = self._weight_bytes(site, bits, density)
+        weight_bytes = self._weight_bytes(site, bits, density, cfg)
 
         if bits == FLOAT_BITS:
             mac_rate = p.float_macs_per_cycle or p.macs_per_cycle / FLOAT_MAC_RATE_DIVISOR
@@ -233,7 +259,7 @@ class RooflineLatencyModel:
     def site_latency(self, site: Site, cfg: QuantConfig | None, onchip: bool) -> SiteLatency:
         """One site's row over one utterance, given whether the whole model sits on chip."""
         bits, act_bits, density = self.widths(site, cfg)
-        weight_bytes = self._weight_bytes(site, bits, density)
+        weight_bytes = self._weight_bytes(site, bits, density, cfg)
         steps, frames_per_step = self.workload.steps(site)
         offchip_cost = self.step_cost(site, cfg, frames_per_step, onchip=False)
         cost = self.step_cost(site, cfg, frames_per_step, onchip=True) if onchip else offchip_cost

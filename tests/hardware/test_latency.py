@@ -194,3 +194,41 @@ def test_latency_table(sites, make_profile):
 def test_shipped_profile_by_name(sites):
     report = latency(sites, Policy.uniform(QuantConfig(weight_bits=4)), "nna-int8")
     assert report.profile == "nna-int8" and report.onchip and report.latency_ms > 0
+
+
+def test_centroid_methods_pay_for_their_codebooks(sites, make_profile):
+    site = sites[0]  # 64 x 80 = 5120 weights
+    model = RooflineLatencyModel(make_profile(sparse_format="none"), WORKLOAD)
+    uniform = model.weight_bytes(site, QuantConfig(weight_bits=2))
+    assert uniform == 5120 * 2 // 8
+    # s8bqat per channel: one table of 2^2 int8 centroids per output channel beside the 2-bit indices.
+    s8bqat = QuantConfig(weight_bits=2, method="s8bqat")
+    assert model.codebook_bits(site, s8bqat) == 64 * 4 * 8
+    assert model.weight_bytes(site, s8bqat) == uniform + 64 * 4
+    assert model.weight_bytes(site, QuantConfig(weight_bits=2, method="s8bqat", granularity="per_tensor")) == uniform + 4
+    assert model.weight_bytes(site, QuantConfig(weight_bits=2, method="gq")) == uniform + 4
+    report = latency([site], Policy({site.name: s8bqat}), model.profile, WORKLOAD)
+    assert report.memory_bytes == uniform + 64 * 4 and report.rows[0].weight_bytes == uniform + 64 * 4
+    # Stored as int8 values (8 bits, or no on-the-fly decompression) the weights need no table; a
+    # compiler falls back to that when the tables outweigh the packed indices, so fewer bits never cost.
+    assert model.weight_bytes(site, QuantConfig(weight_bits=8, method="s8bqat")) == 5120
+    assert model.weight_bytes(site, QuantConfig(weight_bits=7, method="s8bqat")) == 5120
+    sizes = [model.weight_bytes(site, QuantConfig(weight_bits=b, method="s8bqat")) for b in range(8, 1, -1)]
+    assert sizes == sorted(sizes, reverse=True)
+    plain = RooflineLatencyModel(make_profile(decompress_on_the_fly=False), WORKLOAD)
+    assert plain.weight_bytes(site, s8bqat) == plain.weight_bytes(site, QuantConfig(weight_bits=2)) == 5120
+
+
+@pytest.mark.parametrize(("method", "granularity"), [("s8bqat", "per_channel"), ("s8bqat", "per_tensor"),
+                                                     ("gq", "per_channel"), ("gq", "per_tensor")])
+def test_counted_codebooks_match_the_quantizers(sites, make_profile, method, granularity):
+    import torch
+
+    from mpsearch.quant.quantizers import make_weight_quantizer
+
+    site = sites[0]
+    cfg = QuantConfig(weight_bits=3, act_bits=None, method=method, granularity=granularity)
+    quantizer = make_weight_quantizer(cfg, torch.randn(site.shape, generator=torch.Generator().manual_seed(0)))
+    entries = quantizer.codebook().numel() if method == "s8bqat" else quantizer.int8_codes().numel()
+    model = RooflineLatencyModel(make_profile(), WORKLOAD)
+    assert model.codebook_bits(site, cfg) == entries * 8

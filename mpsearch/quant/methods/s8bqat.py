@@ -1,7 +1,10 @@
 """s8bqat: sub-8-bit QAT for an 8-bit accelerator (Zhen et al. 2022).
 
 The 2^b centroids come from Lloyd-Max (1-D k-means) on the float baseline's weights, per channel or per
-tensor, and are snapped to the chip's int8 grid. Training adds the Multi-Regional Absolute Cosine
+tensor, and are snapped to the chip's int8 grid. The paper derives its centroids per layer from the 32-bit
+baseline (our reading; granularity per_tensor is that); per_channel, the default granularity here, fits a
+table per output channel, and those 2^b int8 entries per channel are counted as weight storage wherever
+size and latency are modelled (hardware.latency.CODEBOOK_TABLES), so its lower error is paid for. Training adds the Multi-Regional Absolute Cosine
 (MRACos) regularizer, which pulls every weight toward the nearer of its two neighbouring centroids with
 a period set by that region's own spacing, and every K steps a hard compressor snaps the float weights
 onto their nearest centroid in place.
