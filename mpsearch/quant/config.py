@@ -9,12 +9,13 @@ from mpsearch.errors import PolicyError
 
 MIN_BITS, MAX_BITS = 2, 8
 GRANULARITIES = ("per_channel", "per_tensor")
-SPARSITY_METHODS = ("magnitude", "csp", "nm")
+SPARSITY_METHODS = ("magnitude", "regrow", "csp", "nm")
 
 
 @dataclass(frozen=True)
 class SparsityConfig:
-    """Unstructured (`magnitude`, `csp`: `fraction` of zeros) or N:M structured (`nm`: keep n of every m)."""
+    """Unstructured (`magnitude`, `regrow`, `csp`: `fraction` of zeros) or N:M structured (`nm`: keep n of
+    every m)."""
 
     method: str
     fraction: float | None = None
@@ -50,7 +51,7 @@ class SparsityConfig:
             if unknown:
                 raise PolicyError(f"Unknown sparsity key(s) {sorted(unknown)}; valid keys: method, fraction, n, m.")
             if "method" not in value:
-                raise PolicyError("A sparsity mapping needs 'method' (magnitude, csp or nm).")
+                raise PolicyError(f"A sparsity mapping needs 'method' ({', '.join(SPARSITY_METHODS)}).")
             return cls(**value)
         raise PolicyError(f"Sparsity must be null, 'N:M' or a mapping with 'method'; got {value!r}.")
 

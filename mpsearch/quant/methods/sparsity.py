@@ -7,6 +7,11 @@ recomputed by the training hooks on a schedule over the fine-tune and then held 
 - magnitude: gradual pruning (Zhu & Gupta 2017): the pruned fraction follows
   s(t) = s_f (1 - (1 - (t - t_start) / (t_end - t_start))^3), the smallest |W| of each tensor pruned,
   and once pruned a weight stays pruned.
+- regrow: the same schedule with feedback (dynamic pruning, Lin et al. 2020): the forward uses the
+  pruned weight, but the gradient reaches every weight straight through the mask
+  (W <- W - lr * g(mask * W)), and each update re-ranks the dense |W|, so a pruned weight the loss keeps
+  pushing grows back. The baseline compressed sensing has to beat: CSP differs from it only by its
+  compression-error term.
 - csp: compressed-sensing pruning (Zhen et al. 2021), as we read it: at each update an ISTA
   (L1-proximal, soft-thresholding) step X = S_theta(W) gives the sparse code of the weight, with theta
   chosen so that X has exactly the scheduled number of zeros; the support of X is the mask. Between
@@ -135,6 +140,30 @@ def _prune_smallest(scores: Tensor, fraction: float) -> Tensor:
 SPARSIFIERS: Registry[type[Sparsifier]] = Registry("sparsity method")
 
 
+class FeedbackSparsifier(Sparsifier):
+    """While the schedule runs, the forward is mask * x but the gradient reaches x unmasked; the support is
+    final (and the mask applied plainly) once the schedule reaches the target."""
+
+    def __init__(self, weight: Tensor, sparsity: SparsityConfig, every: int = 20, start: float = 0.0,
+                 end: float = 0.75) -> None:
+        super().__init__(weight, sparsity, every, start, end)
+        self.register_buffer("active", torch.ones((), dtype=torch.bool, device=weight.device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not bool(self.active):
+            return x * self.mask
+        return x + (x * self.mask - x).detach()
+
+    def on_step(self, weight: Tensor, step: int, total_steps: int) -> None:
+        super().on_step(weight, step, total_steps)
+        if step >= self.schedule_steps(total_steps)[1]:
+            self.active.fill_(False)
+
+    def on_finish(self, weight: Tensor) -> None:
+        super().on_finish(weight)
+        self.active.fill_(False)
+
+
 @SPARSIFIERS.register("magnitude")
 class MagnitudeSparsifier(Sparsifier):
     """Gradual magnitude pruning: the smallest |W| of the tensor, pruned weights stay pruned."""
@@ -146,30 +175,40 @@ class MagnitudeSparsifier(Sparsifier):
         self.mask.copy_(_prune_smallest((weight.detach() * self.mask).abs(), fraction))
 
 
+@SPARSIFIERS.register("regrow")
+class RegrowSparsifier(FeedbackSparsifier):
+    """Gradual magnitude pruning with feedback: pruned weights keep their gradient and return if they grow."""
+
+    @torch.no_grad()
+    def update(self, weight: Tensor, fraction: float | None = None) -> None:
+        fraction = self.target if fraction is None else fraction
+        # The dense weight is ranked, not the masked one: a pruned weight that grew competes again.
+        self.mask.copy_(_prune_smallest(weight.detach().abs(), fraction))
+
+
 @SPARSIFIERS.register("csp")
-class CompressedSensingSparsifier(Sparsifier):
-    """CSP: ISTA soft-thresholding picks the support; a compression-error term drives the dynamics."""
+class CompressedSensingSparsifier(FeedbackSparsifier):
+    """CSP: ISTA soft-thresholding picks the support; a compression-error term drives the dynamics.
+
+    While the support is open, pruned weights still get the task gradient (taken at the sparse point, as
+    ISTA's gradient step is): the loss can revive a weight the pull is driving to zero.
+    """
 
     def __init__(self, weight: Tensor, sparsity: SparsityConfig, every: int = 20, start: float = 0.0,
                  end: float = 0.75, rho: float = 0.05) -> None:
         super().__init__(weight, sparsity, every, start, end)
         self.rho = float(rho)
         self.register_buffer("code", weight.detach().clone())  # X, the sparse code (dense until pruning)
-        self.register_buffer("active", torch.ones((), dtype=torch.bool, device=weight.device))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not bool(self.active):
-            return x * self.mask
-        # While the support is open, pruned weights still get the task gradient (taken at the sparse
-        # point, as ISTA's gradient step is): the loss can revive a weight the pull is driving to zero.
-        return x + (x * self.mask - x).detach()
 
     @torch.no_grad()
     def update(self, weight: Tensor, fraction: float | None = None) -> None:
         fraction = self.target if fraction is None else fraction
         w = weight.detach()
         keep = _prune_smallest(w.abs(), fraction)
-        # The soft threshold that zeroes exactly the pruned entries: the largest pruned magnitude.
+        # Still our reading of the paper, whose method section we could not check: the threshold theta
+        # comes from the sparsity schedule (the largest pruned magnitude, so exactly the scheduled
+        # entries are zero) rather than from an L1 weight, and the compression error enters the loss as
+        # rho/2 ||W - X||^2 between updates.
         theta = w.abs()[~keep].max() if bool((~keep).any()) else w.new_zeros(())
         self.code.copy_(torch.where(keep, torch.sign(w) * (w.abs() - theta).clamp_min(0.0), 0.0))
         self.mask.copy_(keep)
@@ -182,15 +221,6 @@ class CompressedSensingSparsifier(Sparsifier):
         if not bool(self.active) or self.rho == 0:
             return None
         return 0.5 * self.rho * self.compression_error(weight)
-
-    def on_step(self, weight: Tensor, step: int, total_steps: int) -> None:
-        super().on_step(weight, step, total_steps)
-        if step >= self.schedule_steps(total_steps)[1]:
-            self.active.fill_(False)  # the support is final: fine-tune without the pull
-
-    def on_finish(self, weight: Tensor) -> None:
-        super().on_finish(weight)
-        self.active.fill_(False)
 
 
 @SPARSIFIERS.register("nm")

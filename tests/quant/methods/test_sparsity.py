@@ -12,6 +12,7 @@ from mpsearch.quant.methods.sparsity import (
     CompressedSensingSparsifier,
     MagnitudeSparsifier,
     NMSparsifier,
+    RegrowSparsifier,
     make_sparsifier,
 )
 from mpsearch.quant.modules import QuantModule
@@ -50,7 +51,7 @@ def run_schedule(model, total_steps, lr=1e-2):
     return hooks
 
 
-@pytest.mark.parametrize("method", ["magnitude", "csp"])
+@pytest.mark.parametrize("method", ["magnitude", "regrow", "csp"])
 @pytest.mark.parametrize("fraction", [0.5, 0.75])
 def test_unstructured_sparsity_reaches_the_scheduled_fraction_exactly(method, fraction):
     sparsity = {"method": method, "fraction": fraction}
@@ -131,6 +132,41 @@ def test_csp_prunes_what_the_l1_dynamics_drives_to_zero_not_the_smallest_magnitu
     # Gradual magnitude pruning commits to the early smallest weight and cannot take it back.
     magnitude = MagnitudeSparsifier(start, SparsityConfig("magnitude", fraction=0.5), **half)
     assert _prune_while_training(magnitude, nn.Parameter(start.clone()), wanted)[0][0] is False
+
+
+def test_regrow_returns_a_pruned_weight_whose_gradient_is_large():
+    w = torch.tensor([[0.1, 0.2, 0.9, 1.0]])
+    weight = nn.Parameter(w.clone())
+    regrow = RegrowSparsifier(w, SparsityConfig("regrow", fraction=0.5), every=1, end=1.0)
+    magnitude = MagnitudeSparsifier(w, SparsityConfig("magnitude", fraction=0.5), every=1, end=1.0)
+    for s in (regrow, magnitude):
+        s.update(w, 0.5)
+        assert s.mask.tolist() == [[False, False, True, True]]
+    # The loss wants the pruned first weight large: straight through the mask it still gets that gradient.
+    upstream = torch.tensor([[-5.0, 0.0, 0.0, 0.0]])
+    (regrow(weight) * upstream).sum().backward()
+    assert regrow(weight)[0, 0] == 0.0 and weight.grad[0, 0] == -5.0
+    with torch.no_grad():
+        weight -= 0.5 * weight.grad
+    regrow.update(weight, 0.5)
+    assert regrow.mask.tolist() == [[True, False, False, True]]  # it grew past 0.9 and came back
+    # Plain magnitude pruning blocks the gradient and ranks the masked weight: it stays pruned.
+    grad_through_magnitude = torch.autograd.grad((magnitude(weight) * upstream).sum(), weight)[0]
+    assert grad_through_magnitude[0, 0] == 0.0
+    magnitude.update(weight, 0.5)
+    assert magnitude.mask[0, 0].item() is False
+    # Once the schedule ends the support is final and pruned weights get no gradient.
+    regrow.on_step(weight.detach(), 1, 1)
+    assert not regrow.mask[0, 1] and torch.autograd.grad(regrow(weight)[0, 1], weight)[0][0, 1] == 0.0
+
+
+def test_regrow_recovers_the_weights_the_loss_needs():
+    start = torch.tensor([[0.30, 0.32, 0.34, 0.5, 0.55, 0.6]])
+    wanted = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]])
+    regrow = RegrowSparsifier(start, SparsityConfig("regrow", fraction=0.5), every=5, end=0.8)
+    assert _prune_while_training(regrow, nn.Parameter(start.clone()), wanted) == [[True] * 3 + [False] * 3]
+    assert make_sparsifier(QuantConfig(sparsity={"method": "regrow", "fraction": 0.5}), start).__class__ \
+        is RegrowSparsifier
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4)])
