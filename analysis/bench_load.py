@@ -1,0 +1,103 @@
+"""Training throughput of the quickstart RNN-T alone and beside another busy torch process, side by side.
+
+Each measurement runs in a fresh process (so OpenMP starts anew) for `--seconds` of training steps on a
+fixed batch of the quickstart's shape. Conditions:
+  alone            2 threads (every core), nothing else running
+  beside, fixed    2 threads, beside a 2-thread torch process (what every-core processes do)
+  beside, policy   mpsearch's thread policy (runtime.apply_thread_policy), beside the same process
+Prints steps/s and each ratio to `alone`; a fair share of 2 cores beside one other 2-thread job is 0.5x.
+
+    python analysis/bench_load.py [--seconds 40] [--out analysis/results/bench_load.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+LOAD = """
+import torch, time
+torch.set_num_threads(2)
+a = torch.randn(256, 1024); b = torch.randn(1024, 256)
+end = time.monotonic() + {seconds}
+while time.monotonic() < end:
+    for _ in range(50):
+        (a @ b).relu_()
+"""
+
+
+def _train_steps(threads: str, seconds: float, queue) -> None:
+    import torch
+
+    from mpsearch.config import ModelConfig
+    from mpsearch.models import build_model
+    from mpsearch.runtime import apply_thread_policy
+
+    used = apply_thread_policy() if threads == "policy" else int(threads)
+    torch.set_num_threads(used)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="rnnt", params={"subsampling": "conv", "enc_hidden": 256, "enc_layers": 2,
+                                                          "joint_dim": 160, "ctc_weight": 0.5}), vocab_size=29, n_mels=80)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    feats, feat_lens = torch.randn(32, 240, 80), torch.full((32,), 240)
+    targets, target_lens = torch.randint(2, 29, (32, 40)), torch.full((32,), 40)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        model(feats, feat_lens, targets, target_lens).backward()
+        optimizer.step()
+
+    step()  # warm-up
+    steps, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        step()
+        steps += 1
+    queue.put({"threads": used, "steps_per_s": steps / (time.monotonic() - start)})
+
+
+def measure(threads: str, seconds: float, beside_load: bool) -> dict:
+    load = None
+    if beside_load:
+        load = subprocess.Popen([sys.executable, "-c", LOAD.format(seconds=seconds + 30)])
+        time.sleep(2)  # let it reach full speed before the policy looks at the machine
+    queue = mp.get_context("spawn").Queue()
+    proc = mp.get_context("spawn").Process(target=_train_steps, args=(threads, seconds, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if load is not None:
+        load.kill()
+        load.wait()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows = {
+        "alone": measure("2", args.seconds, False),
+        "beside, fixed 2 threads": measure("2", args.seconds, True),
+        "beside, thread policy": measure("policy", args.seconds, True),
+    }
+    base = rows["alone"]["steps_per_s"]
+    for name, row in rows.items():
+        row["ratio_to_alone"] = row["steps_per_s"] / base
+        print(f"{name:<26} {row['threads']} thread(s)  {row['steps_per_s']:.2f} steps/s  {row['ratio_to_alone']:.2f}x")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()}, {mp.cpu_count()} cores",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
