@@ -163,6 +163,9 @@ class GeneralQuantizer(ScheduledMethod, WeightQuantizer):
 
     def temperature_at(self, progress: float) -> float:
         """Linear anneal from the start temperature at progress 0 to 0 at `anneal_end`, 0 afterwards."""
+        # Still our reading of the paper, whose Sec. 3 we could not check: the linear schedule, the
+        # distance in units of the local centroid spacing, and quantizing in every forward (the paper
+        # ablates a "quantization frequency", so it may quantize only every few steps).
         return self.start_temperature * max(0.0, 1.0 - progress / self.anneal_end)
 
     @property
