@@ -53,7 +53,7 @@ TRAIN_DEV_VOICES: tuple[str, ...] = (
 )  # fmt: skip
 # The wide set: 25 voices over 25 variants (the ten above, three Klatt models and twelve named ones) and
 # the same 5 accents. Trained on it, the quickstart RNN-T's test WER on the unseen voices fell from 21%
-# to 9%, but it needs ~2x the steps to start aligning (README, issue #3).
+# to 9%, but it needs ~2x the steps to start aligning (analysis/RESULTS.md, "Voice variety").
 WIDE_TRAIN_DEV_VOICES: tuple[str, ...] = (
     "en-us+m1", "en+m2", "en-gb-x-rp+m3", "en-gb-scotland+m4", "en-029+m5", "en-gb-x-gbclan+m6",
     "en-us+f1", "en+f2", "en-gb-x-rp+f3", "en-gb-scotland+f4",
