@@ -80,8 +80,8 @@ class TrialStates:
 
     def describe(self) -> str:
         order = ("complete", "running", "stopped", "interrupted", "fail", "waiting", "pruned")
-        names = {"stopped": "interrupted (left running)", "fail": "failed",
-                 "interrupted": "interrupted (point queued again)", "waiting": "queued"}
+        names = {"stopped": "interrupted", "fail": "failed", "interrupted": "interrupted and queued again",
+                 "waiting": "queued"}
         keys = [*order, *(k for k in self.counts if k not in order)]
         return ", ".join(f"{self.counts[k]} {names.get(k, k)}" for k in keys if self.counts.get(k))
 
@@ -256,9 +256,9 @@ class StudyReport:
         from mpsearch.report_figures import front_axis_note, plot_front
 
         table = self.table
-        text = (f"<p>{len(table.front)} of {len(table.frame)} distinct complete trials on the front (trials: "
-                f"{html.escape(self.states.describe())}); objectives {', '.join(table.objectives)} (all minimised). "
-                f"Hypervolume {table.hypervolume:.4g} against the reference point "
+        text = (f"<p>{len(table.front)} of {len(table.frame)} distinct complete trials on the front. Trials: "
+                f"{html.escape(self.states.describe())}. Objectives {', '.join(table.objectives)} (all minimised); "
+                f"hypervolume {table.hypervolume:.4g} against the reference point "
                 f"{html.escape(table.reference.describe())}.</p>")
         if table.duplicates:
             repeats = "; ".join(f"trial {k} by {', '.join(map(str, v))}" for k, v in sorted(table.duplicates.items()))

@@ -35,10 +35,13 @@ def front_axis_note(table: FrontTable) -> str | None:
         if not is_error_rate(name):
             continue
         low, high = _extent(table.frame, name)
-        if high - low < MIN_ERROR_SPAN:
-            return (f"The trials' {name.upper()} spans only {100 * (high - low):.2f} points, so the figure's "
-                    f"{name.upper()} axis is widened to {100 * MIN_ERROR_SPAN:g} points: differences this small "
-                    "are drawn flat, not as the shape of a front.")
+        # Widened by a fifth or more: worth saying why the points sit in a band.
+        if high - low < 0.8 * MIN_ERROR_SPAN:
+            label = name.upper()
+            return (f"The trials' {label}s{' and their intervals' if f'{name}_ci_low' in table.frame else ''} "
+                    f"span only {100 * (high - low):.2f} points; the {label} axis is drawn "
+                    f"{100 * MIN_ERROR_SPAN:g} points wide so that differences this small do not look like the "
+                    "shape of a front.")
     return None
 
 

@@ -74,7 +74,7 @@ def test_report_of_a_searched_study(make_study, capsys):
     table = load_front_table(cfg)
     knee = pick_trial(table, pick="knee")
     assert f"knee-policy.json; trial {knee.number})" in text
-    assert f"Hypervolume {table.hypervolume:.4g}" in text
+    assert f"hypervolume {table.hypervolume:.4g}" in text
     for site in json.loads((folder / "knee-policy.json").read_text())["sites"]:
         assert f"<td class=text>{site}</td>" in text
     assert "finetune.steps" in text and ">knee</th>" in text
