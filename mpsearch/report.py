@@ -165,11 +165,13 @@ class StudyReport:
         return states
 
     def _heartbeat_ages(self) -> dict[int, float]:
+        from sqlalchemy.exc import SQLAlchemyError
+
         from mpsearch.search.storage import load_trials_study
 
         try:
             return heartbeat_ages(load_trials_study(self.cfg))
-        except Exception as exc:  # noqa: BLE001 - a storage without heartbeats reads as "no heartbeats"
+        except (MpsearchError, SQLAlchemyError) as exc:  # no heartbeat table: every trial judged by its start
             log.debug("no heartbeats read: %s", exc)
             return {}
 
