@@ -229,7 +229,8 @@ class MseScale(nn.Module):
         hi = rows.amax(dim=1, keepdim=True).clamp(min=0.0)
         best = None
         for ratio in self.RATIOS:
-            scale = ((hi - lo) * (ratio / (qmax - qmin))).clamp_min(MIN_SCALE)
+            # Ratio 1 computes exactly what MinMaxScale does.
+            scale = ((hi - lo) * ratio / (qmax - qmin)).clamp_min(MIN_SCALE)
             zero_point = (qmin + torch.round(-lo * ratio / scale)).clamp(qmin, qmax)
             error = _grid_error(sample, scale, zero_point, qmin, qmax)
             if best is None:

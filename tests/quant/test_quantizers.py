@@ -91,7 +91,10 @@ def test_mse_scale_never_does_worse_than_max_abs(values, bits, symmetric):
     maxabs = UniformQuantizer(bits, symmetric=symmetric, per_channel=True, scale="maxabs")
     mse_error, maxabs_error = float((mse(w) - w).square().sum()), float((maxabs(w) - w).square().sum())
     assert mse_error <= maxabs_error * (1 + 1e-5) + 1e-10
-    assert torch.equal(mse(mse(w)), mse(w)) or torch.allclose(mse(mse(w)), mse(w), atol=1e-6)
+    # Asymmetric grids, max-abs (min/max) ones too, are not idempotent where the rounded zero point
+    # leaves an end code unused ([1, -1] at 3 bits); symmetric ones always are.
+    if symmetric:
+        assert torch.allclose(mse(mse(w)), mse(w), atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["uniform", "lsq"])
