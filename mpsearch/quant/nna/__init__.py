@@ -4,6 +4,8 @@ reference executor that proves the emulation bit-exact.
     model = quant.apply(float_model, policy, emulation="nna", numerics=NNANumerics.from_profile(profile))
     calibrate_nna(model, batches)          # ranges on real data, producer links, frozen scales
     ...QAT: the forward is the chip's integers, the gradients straight-through...
+    model.greedy_decode(feats, lens)       # a transducer decodes by IntegerGreedySteps (decoding.py):
+                                           # tables prepared once per batch, the same integers
     export_int(model, "model.npz")         # int8 codes, int32 biases, (M, shift), LUTs + JSON header
     RNNTExecutor("model.npz")              # numpy int64 only; must match the emulation bit for bit
                                            # (ConformerExecutor for a Conformer, CTC or transducer head)
