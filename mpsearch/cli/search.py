@@ -8,9 +8,10 @@ import sys
 _DESCRIPTION = (
     "Run the study's mixed-precision search: train the float baseline if missing, compute the sensitivity "
     "report and the ILP candidates, enqueue the uniform-precision policies (the reference every front must "
-    "beat), then run trials until the study's storage holds the requested number of complete ones. Each "
-    "trial applies a policy from the search space under NNA emulation, fine-tunes it from the baseline and "
-    "scores WER and modelled latency. Trials live in an Optuna RDB storage (SQLite in the study folder by "
+    "beat), then run trials until the study's storage holds the requested number of complete trials of "
+    "distinct points (a point the sampler proposes again is answered from its stored trial and does not "
+    "count). Each trial applies a policy from the search space under NNA emulation, fine-tunes it from the "
+    "baseline and scores WER and modelled latency. Trials live in an Optuna RDB storage (SQLite in the study folder by "
     "default): re-running the same command after a crash continues where it stopped and never re-runs a "
     "finished trial.")
 
@@ -30,8 +31,9 @@ def add_parser(subparsers) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
         parser.add_argument("--backend", choices=BACKENDS, help="override search.backend (default optuna)")
-        parser.add_argument("--trials", type=int, help="complete trials wanted in total, warm starts included "
-                                                       "(default search.trials)")
+        parser.add_argument("--trials", type=int, help="complete trials of distinct points wanted in total, warm "
+                                                       "starts included, at most the space's size (default "
+                                                       "search.trials)")
         parser.add_argument("--workers", type=int, help="trials run at once (default search.workers)")
         parser.add_argument("--address", help="Ray cluster address (ray backend); default a local Ray")
         parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -42,7 +44,7 @@ def run(args) -> int:
     from mpsearch.config import StudyConfig
     from mpsearch.errors import ConfigError
     from mpsearch.search.engine import run_search
-    from mpsearch.search.optuna_backend import complete_count
+    from mpsearch.search.optuna_backend import distinct_complete_count
     from mpsearch.study import Study
 
     for name in ("trials", "workers"):
@@ -60,9 +62,13 @@ def run(args) -> int:
     from optuna.trial import TrialState
 
     failed = trials_study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    complete = complete_count(trials_study)
-    wanted = args.trials or cfg.search.trials
-    print(f"{complete} complete trials ({len(failed)} failed) in study '{cfg.name}'")
+    repeats = [t for t in trials_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+               if "copied_from" in t.user_attrs or "duplicate_of" in t.user_attrs]
+    complete = distinct_complete_count(trials_study)
+    wanted = min(args.trials or cfg.search.trials, study.search_space().size())
+    print(f"{complete} complete trials of distinct points ({len(failed)} failed"
+          f"{f', {len(repeats)} repeated points answered from stored trials' if repeats else ''}) "
+          f"in study '{cfg.name}'")
     if complete < wanted:
         reason = failed[-1].user_attrs.get("fail_reason", "see the log") if failed else "stopped early"
         print(f"error: only {complete} of {wanted} trials completed; last failure: {reason}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """The Optuna backend: an RDB-stored multi-objective study, warm-started, resumable after a kill.
 
-Resuming is re-opening: `load_if_exists` finds the stored trials, the heartbeat marks a killed
-process's trial stale and re-enqueues it once, and the loop stops when the study holds the requested
-number of complete trials, so no finished trial is evaluated again.
+Resuming is re-opening: `load_if_exists` finds the stored trials, the trials a dead process left
+RUNNING are failed and their points enqueued again (runs.py), and the loop stops when the study holds
+the requested number of distinct complete points. A point the sampler proposes again is answered
+from its stored trial (`copied_from`) and counts for nothing, so no finished point is evaluated again
+and a resumed or repeated search still adds the points it was asked for.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -49,18 +52,20 @@ def _population(n_objectives: int) -> int:
 
 
 def open_study(cfg: StudyConfig, space: SearchSpace, heartbeat: bool = True, sampler=None) -> optuna.Study:
-    """The stored study (created on first use). A study stored with other objectives or another search
-    space is an error: its trials would not be comparable."""
+    """The stored study (created on first use, its objectives named for dashboards). A study stored with
+    other objectives or another search space is an error: its trials would not be comparable.
+
+    The sampler's seed is `search.seed` plus the number of trials already stored: a fresh study is
+    reproducible, and a resumed one does not replay the proposals its earlier runs already made."""
     import optuna
 
     from mpsearch.search.storage import open_storage, storage_url
 
     storage = open_storage(cfg, heartbeat=heartbeat)
-    study = optuna.create_study(
-        study_name=cfg.name, storage=storage, load_if_exists=True,
-        directions=["minimize"] * len(cfg.search.objectives),
-        sampler=sampler or make_sampler(cfg.search.sampler, cfg.search.seed, len(cfg.search.objectives)))
-    stamp = {"objectives": list(cfg.search.objectives), "space": space.describe()}
+    objectives = list(cfg.search.objectives)
+    study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
+                                directions=["minimize"] * len(objectives))
+    stamp = {"objectives": objectives, "space": space.describe()}
     stored = {k: study.user_attrs.get(k) for k in stamp}
     if all(v is None for v in stored.values()):
         for key, value in stamp.items():
@@ -71,6 +76,10 @@ def open_study(cfg: StudyConfig, space: SearchSpace, heartbeat: bool = True, sam
             raise ConfigError(
                 f"The study '{cfg.name}' in {storage_url(cfg)} was searched with other {' and '.join(changed)}; "
                 "give the study a new name (or search.storage), or delete its trials to start over.")
+    if study.metric_names != objectives:
+        study.set_metric_names(objectives)
+    study.sampler = sampler or make_sampler(cfg.search.sampler, cfg.search.seed + len(study.get_trials(deepcopy=False)),
+                                            len(objectives))
     return study
 
 
@@ -88,10 +97,28 @@ def enqueue_warm_starts(study: optuna.Study, starts: list[WarmStart]) -> int:
     return added
 
 
-def complete_count(study: optuna.Study) -> int:
+def point_key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+def distinct_complete_count(study: optuna.Study) -> int:
+    """Distinct points among the COMPLETE trials: what a requested trial count counts."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return len({point_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))})
+
+
+def target_points(trials: int, space: SearchSpace) -> int:
+    """The distinct points a request for `trials` can get: no more than the space holds."""
+    if space.size() < trials:
+        log.info("the search space holds %d points; the search stops when each has a complete trial "
+                 "(%d requested)", space.size(), trials)
+    return min(trials, space.size())
+
+
+def is_replay(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial the sampler asked for a point already evaluated, or being evaluated by an earlier trial."""
+    return "copied_from" in trial.user_attrs or "duplicate_of" in trial.user_attrs
 
 
 def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any], dict],
@@ -99,23 +126,34 @@ def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any
     """The Optuna objective: ask the space's parameters, evaluate the policy, store metrics and policy.
 
     A point already evaluated in this study (the sampler proposing it again) is answered from the
-    stored trial instead of being trained twice; with several workers, a point an earlier trial is
-    still training is waited for, then answered the same way."""
+    stored trial instead of being trained twice (`copied_from`). A point an earlier trial is still
+    training (another worker or process) is not waited for: after `poll_seconds`, so that a sampler
+    that insists does not spin, the trial ends PRUNED (`duplicate_of`) and the sampler asks again.
+    Neither counts towards the requested points."""
+    import optuna
     from optuna.trial import TrialState
+
+    from mpsearch.search.runs import stamp
+    from mpsearch.search.storage import record_metrics
 
     objectives = cfg.search.objectives
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        stamp(study, trial._trial_id)
         params = {p.name: trial.suggest_categorical(p.name, list(p.choices)) for p in space.parameters()}
         if "origin" not in trial.user_attrs:
             trial.set_user_attr("origin", "sampler")
         policy = space.to_policy(params)
         trial.set_user_attr("policy", policy.to_dict())
-        done = _same_point_done(study, trial.number, params, poll_seconds)
-        if done is not None:
-            trial.set_user_attr("metrics", done.user_attrs["metrics"])
-            trial.set_user_attr("copied_from", done.number)
-            return tuple(done.values)
+        same = _same_point(study, trial.number, params)
+        if same is not None and same.state == TrialState.COMPLETE:
+            trial.set_user_attr("copied_from", same.number)
+            record_metrics(trial, same.user_attrs["metrics"])
+            return tuple(same.values)
+        if same is not None:
+            time.sleep(poll_seconds)
+            trial.set_user_attr("duplicate_of", same.number)
+            raise optuna.TrialPruned(f"trial {same.number} is evaluating the same point")
         try:
             metrics = evaluate(policy)
             missing = [o for o in objectives if o not in metrics]
@@ -125,79 +163,93 @@ def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any
             trial.set_user_attr("fail_reason", str(exc))
             log.warning("trial %d failed: %s", trial.number, exc)
             raise
-        trial.set_user_attr("metrics", metrics)
+        record_metrics(trial, metrics)
         return tuple(float(metrics[o]) for o in objectives)
 
     return objective
 
 
-def _same_point_done(study: optuna.Study, number: int, params: dict, poll_seconds: float):
-    """The COMPLETE trial (with metrics) of the same point, waiting while an earlier-numbered trial of
-    that point is RUNNING (only earlier ones: two workers on one point never wait for each other).
-    None when the point has no such trial, or its earlier run failed: then this trial trains it."""
-    import optuna
+def _same_point(study: optuna.Study, number: int, params: dict):
+    """A COMPLETE trial (with metrics) of the same point, else an earlier-numbered RUNNING one (only
+    earlier: two trials of one point asked at once never both give way), else None."""
     from optuna.trial import TrialState
 
-    while True:
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        same = [t for t in trials if t.number != number and t.params == params]
-        for t in same:
-            if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs:
-                return t
-        if not any(t.state == TrialState.RUNNING and t.number < number for t in same):
-            return None
-        time.sleep(poll_seconds)
-        optuna.storages.fail_stale_trials(study)  # nothing else checks heartbeats while this one waits
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    same = [t for t in trials if t.number != number and t.params == params]
+    done = next((t for t in same if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs), None)
+    return done or next((t for t in same if t.state == TrialState.RUNNING and t.number < number), None)
 
 
-def _start_stale_clock(study: optuna.Study) -> None:
-    """Give every RUNNING trial a heartbeat now. Optuna never counts a trial stale that has none, and a
-    process killed between asking a trial and its first heartbeat leaves exactly that: a trial RUNNING
-    forever and, for a warm start, its point lost. A live trial beats anyway; a dead one is now failed
-    and retried once `search.heartbeat_seconds` have passed."""
-    import optuna
-    from optuna.trial import TrialState
+# The sampler proposing only evaluated points this many times in a row ends the search: it has
+# converged on them, or the space's remaining points are ones it will not propose.
+MAX_REPLAYS_IN_A_ROW = 100
 
-    optuna.storages.fail_stale_trials(study)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.record_heartbeat(trial._trial_id)
+
+class _Budget:
+    """Optuna callback that stops the search when the study holds `target` distinct complete points, or
+    when this run has trained `max_trained` trials (failures spend it, repeats do not), or after
+    MAX_REPLAYS_IN_A_ROW repeats."""
+
+    def __init__(self, target: int, max_trained: int):
+        self.target, self.max_trained = target, max_trained
+        self.trained = self.replays = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with self.lock:
+            if is_replay(trial):
+                self.replays += 1
+            else:
+                self.trained, self.replays = self.trained + 1, 0
+            if distinct_complete_count(study) >= self.target:
+                study.stop()
+            elif self.trained >= self.max_trained:
+                log.warning("stopping: %d trials trained in this run; see the failed trials' fail_reason", self.trained)
+                study.stop()
+            elif self.replays >= MAX_REPLAYS_IN_A_ROW:
+                log.warning("stopping: the sampler proposed only points already evaluated %d times in a row",
+                            self.replays)
+                study.stop()
 
 
 def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], evaluate: Callable[[Any], dict],
                trials: int, workers: int = 1, progress: bool = True) -> optuna.Study:
-    """Run trials until the study holds `trials` complete ones (warm starts included)."""
+    """Run trials until the study holds `trials` distinct complete points (warm starts included)."""
     import optuna
     import torch
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
+    from mpsearch.search.runs import recover_dead_trials
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line names each failed trial
     study = open_study(cfg, space)
-    _start_stale_clock(study)
+    requeued = recover_dead_trials(study, space, cfg.search.heartbeat_seconds)
+    if requeued:
+        log.info("re-enqueued %d trials interrupted by a search process that stopped", requeued)
     added = enqueue_warm_starts(study, starts)
     if added:
         log.info("enqueued %d warm-start trials", added)
-    done = complete_count(study)
-    if done >= trials:
-        log.info("the study already holds %d complete trials (%d requested)", done, trials)
+    target = target_points(trials, space)
+    done = distinct_complete_count(study)
+    if done >= target:
+        log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
         return study
     if workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    bar = tqdm(total=trials, initial=done, disable=not progress, desc="trials", unit="trial", dynamic_ncols=True)
+    bar = tqdm(total=target, initial=done, disable=not progress, desc="trials", unit="trial", dynamic_ncols=True)
 
     def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.COMPLETE:
+        if trial.state == TrialState.COMPLETE and not is_replay(trial):
             bar.update(1)
             values = ", ".join(f"{o}={v:.4g}" for o, v in zip(cfg.search.objectives, trial.values))
             log.info("trial %d (%s): %s", trial.number, trial.user_attrs.get("origin"), values)
 
     # Failures are recorded and do not count; the cap keeps a space that always fails from looping.
-    budget = (trials - done) + max(3, math.ceil(0.5 * trials))
+    budget = _Budget(target, max_trained=(target - done) + max(3, math.ceil(0.5 * trials)))
     try:
-        study.optimize(make_objective(cfg, space, evaluate, study), n_trials=budget, n_jobs=workers,
-                       catch=(TrialError,), gc_after_trial=True,
-                       callbacks=[on_trial_end, MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))])
+        study.optimize(make_objective(cfg, space, evaluate, study), n_trials=None, n_jobs=workers,
+                       catch=(TrialError,), gc_after_trial=True, callbacks=[on_trial_end, budget])
     finally:
         bar.close()
     return study

@@ -3,12 +3,13 @@ OptunaSearch over the study's own Optuna storage proposes them, and only this dr
 that storage, so every trial lands there with the same contract as the Optuna backend (see storage.py).
 
 Resuming after a kill is re-running the same command. The Optuna storage, not Ray's snapshot, decides
-what is done: trials the storage holds as finished are never run again; a trial it still holds as
-RUNNING was interrupted, so it is marked failed ("interrupted") and its point re-enqueued with its
-origin, as the Optuna backend's heartbeat does. The Ray experiment in `<study dir>/ray/run-NNN` is
-continued with `Tuner.restore` when the previous process died mid-run with the same request; its
-unfinished Ray trials are not resumed (their points are the re-enqueued ones), so a trial that
-finished after Ray's last snapshot cannot run twice.
+what is done: trials the storage holds as finished are never run again; a trial a dead search process
+left RUNNING is marked failed ("interrupted") and its point re-enqueued with its origin (runs.py), as
+for the Optuna backend. The driver stamps its trials and beats for them, so a second search process on
+the same storage leaves them alone. The Ray experiment in `<study dir>/ray/run-NNN` is continued with
+`Tuner.restore` when the previous process died mid-run with the same request; its unfinished Ray
+trials are not resumed (their points are the re-enqueued ones), so a trial that finished after Ray's
+last snapshot cannot run twice.
 """
 
 from __future__ import annotations
@@ -19,12 +20,23 @@ import math
 import os
 import pickle
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mpsearch.errors import MpsearchError, TrialError
-from mpsearch.search.optuna_backend import complete_count, enqueue_warm_starts, make_sampler, open_study
+from mpsearch.search.optuna_backend import (
+    MAX_REPLAYS_IN_A_ROW,
+    distinct_complete_count,
+    enqueue_warm_starts,
+    make_sampler,
+    open_study,
+    point_key,
+    target_points,
+)
+from mpsearch.search.runs import INTERRUPTED, Heartbeat, give_back, recover_dead_trials, stamp
 from mpsearch.search.space import SearchSpace
+from mpsearch.search.storage import record_metrics
 from mpsearch.search.warm_start import WarmStart
 
 try:
@@ -50,27 +62,27 @@ FINISHED_FILE = "mpsearch-finished"
 # Retries of a trial whose worker crashed or raised unexpectedly; a TrialError (NaN loss, a policy the
 # chip cannot run) is deterministic and recorded failed at once.
 RETRIES_PER_TRIAL = 2
-MAX_REQUEUES = 2
-INTERRUPTED = "interrupted: the search process stopped while the trial ran; its point was re-enqueued"
-INTERRUPTED_UNCHOSEN = "interrupted: the search process stopped before the sampler had chosen the point"
+# After the sampler proposes a point another process is evaluating, wait this long before asking again.
+DUPLICATE_BACKOFF_SECONDS = 2.0
 
 
 def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trials: int, workers: int = 1,
             address: str | None = None, progress: bool = True) -> optuna.Study:
-    """Run Ray trials until the study holds `trials` complete ones (warm starts included)."""
+    """Run Ray trials until the study holds `trials` distinct complete points (warm starts included)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, space, heartbeat=False)
+    requeued = recover_dead_trials(study, space, cfg.search.heartbeat_seconds)
+    if requeued:
+        log.info("re-enqueued %d trials interrupted by a search process that stopped", requeued)
     added = enqueue_warm_starts(study, starts)
     if added:
         log.info("enqueued %d warm-start trials", added)
-    requeued = requeue_interrupted(study, space)
-    if requeued:
-        log.info("re-enqueued %d trials interrupted by the previous run", requeued)
-    done = complete_count(study)
-    if done >= trials:
-        log.info("the study already holds %d complete trials (%d requested)", done, trials)
+    target = target_points(trials, space)
+    done = distinct_complete_count(study)
+    if done >= target:
+        log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
         return study
 
     started_ray = _connect(address)
@@ -83,14 +95,14 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
         path, restore = _experiment_path(cfg, request)
         if restore:
             log.info("continuing the Ray experiment %s", path)
-            # Unfinished Ray trials are not resumed: requeue_interrupted gave their points back to the
+            # Unfinished Ray trials are not resumed: recover_dead_trials gave their points back to the
             # study, and one that finished after Ray's last snapshot must not run again.
             tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=False, resume_errored=False,
                                        restart_errored=False)
         else:
             path.mkdir(parents=True, exist_ok=True)
             (path / REQUEST_FILE).write_text(json.dumps(request))
-            budget = (trials - done) + max(3, math.ceil(0.5 * trials))
+            budget = (target - done) + max(3, math.ceil(0.5 * trials))
             searcher = StudySearcher(cfg, space, trials=trials, workers=workers, new_trial_budget=budget)
             # No max_concurrent_trials: its ConcurrencyLimiter is snapshotted with the trials in flight and,
             # restored without them, would wait for them forever. The searcher limits concurrency itself.
@@ -103,7 +115,9 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
         log.info("running trials on Ray: %d at once, %d CPU(s) each; experiment in %s", workers, cpus, path)
         # Ray's new console output prints boxes and hints whatever the verbosity; the bar below shows progress.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        with _progress_bar(study, trials, done, enabled=progress):
+        with Heartbeat(study, interval=max(1, cfg.search.heartbeat_seconds // 3),
+                       recover=(space, cfg.search.heartbeat_seconds)), \
+                _progress_bar(study, target, done, enabled=progress):
             tuner.fit()
         # A finished experiment is never restored: a later request (more trials) starts a new one.
         (path / FINISHED_FILE).write_text("")
@@ -113,54 +127,16 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
     return study
 
 
-def requeue_interrupted(study: optuna.Study, space: SearchSpace) -> int:
-    """Mark the study's RUNNING trials failed and enqueue their points again, keeping their origin.
-
-    Only right before this driver starts asking: with one search process per study, a trial still
-    RUNNING then belongs to a process that died. Returns how many points were enqueued again."""
-    from optuna.trial import TrialState
-
-    names = {p.name for p in space.parameters()}
-    requeued = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # Killed in the middle of `ask`, a sampler's trial has only some of its parameters: no point
-        # was chosen yet, so there is nothing to run again. An enqueued one keeps its whole point.
-        chosen = set(trial.params) == names or "fixed_params" in trial.system_attrs
-        requeued += _give_back(study, trial._trial_id, requeue=chosen)
-    return requeued
-
-
-def _give_back(study: optuna.Study, trial_id: int, requeue: bool = True) -> bool:
-    """FAIL a RUNNING trial as interrupted and, with `requeue`, enqueue its point again as Optuna's
-    heartbeat retry does (origin and policy kept, at most MAX_REQUEUES times per point)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED if requeue else INTERRUPTED_UNCHOSEN)
-    storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    if not requeue:
-        return False
-    failed = storage.get_trial(trial_id)
-    history = [*failed.system_attrs.get("retry_history", []), failed.number]
-    if len(history) > MAX_REQUEUES:
-        log.warning("trial %d was interrupted %d times; its point is not enqueued again", failed.number, len(history))
-        return False
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
-        user_attrs={k: v for k, v in failed.user_attrs.items() if k in ("origin", "policy")},
-        system_attrs={**failed.system_attrs, "failed_trial": history[0], "retry_history": history}))
-    return True
-
-
 class StudySearcher(OptunaSearch):
     """OptunaSearch that keeps the study's trial contract and its count.
 
-    It asks until the storage holds the requested number of complete trials, with at most `workers` Ray
-    trials in flight and never more trials open than would reach that number. A point the study already
-    scored, or one a Ray trial is scoring now, is not run again: the stored result answers it
-    (`copied_from`). Results are stored with their metrics; a failed trial is FAIL with its
-    `fail_reason`."""
+    It asks until the storage holds the requested number of distinct complete points (no more than the
+    space holds), with at most `workers` Ray trials in flight and never more points open than would
+    reach that number. A point the study already scored is answered from the stored result
+    (`copied_from`), one a Ray trial of this driver is scoring is answered when it ends, and one an
+    earlier trial of another process is scoring ends PRUNED (`duplicate_of`); none of them runs or
+    counts, and the sampler is asked again. Results are stored with their metrics; a failed trial is
+    FAIL with its `fail_reason`."""
 
     def __init__(self, cfg: StudyConfig, space: SearchSpace, trials: int, workers: int, new_trial_budget: int):
         from optuna.distributions import CategoricalDistribution
@@ -168,41 +144,53 @@ class StudySearcher(OptunaSearch):
         from mpsearch.search.storage import open_storage
 
         objectives = list(cfg.search.objectives)
+        storage = open_storage(cfg)
         super().__init__(
             space={p.name: CategoricalDistribution(list(p.choices)) for p in space.parameters()},
             metric=objectives, mode=["min"] * len(objectives),
-            sampler=make_sampler(cfg.search.sampler, cfg.search.seed, len(objectives)),
-            study_name=cfg.name, storage=open_storage(cfg))
+            sampler=_resumed_sampler(cfg, storage), study_name=cfg.name, storage=storage)
         self._study_config = cfg
         self._search_space = space
-        self._target_trials = trials
+        self._target_points = min(trials, space.size())
         self._workers = workers
         self._new_trial_budget = new_trial_budget
         self._asked = 0
+        self._replays = 0  # points proposed again in a row, answered from stored trials
+        self._backoff_until = 0.0
         self._waiting: dict[int, list[optuna.Trial]] = {}  # trial number in flight -> trials of the same point
 
     def suggest(self, trial_id: str) -> dict | str | None:
         from optuna.trial import TrialState
 
         while True:
-            # Every RUNNING trial is this run's (requeue_interrupted cleared the rest before the start).
             stored = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
             complete = [t for t in stored if t.state == TrialState.COMPLETE]
-            if len(complete) >= self._target_trials:
+            distinct = {point_key(t.params) for t in complete}
+            if len(distinct) >= self._target_points:
                 return Searcher.FINISHED
             if self._asked >= self._new_trial_budget:
-                log.warning("stopping: %d trials asked in this run and %d of %d complete; see the failed trials' "
-                            "fail_reason", self._asked, len(complete), self._target_trials)
+                log.warning("stopping: %d trials asked in this run and %d of %d distinct points complete; see the "
+                            "failed trials' fail_reason", self._asked, len(distinct), self._target_points)
                 return Searcher.FINISHED
-            if len(self._ot_trials) >= self._workers or len(stored) >= self._target_trials:
+            if self._replays >= MAX_REPLAYS_IN_A_ROW:
+                log.warning("stopping: the sampler proposed only points already evaluated %d times in a row",
+                            self._replays)
+                return Searcher.FINISHED
+            in_flight = {point_key(t.params) for t in self._ot_trials.values()}
+            if (len(self._ot_trials) >= self._workers or len(distinct | in_flight) >= self._target_points
+                    or time.monotonic() < self._backoff_until):
                 return None  # ask again when a trial ends (a failed one needs a successor)
-            trial = self._ot_study.ask(fixed_distributions=self._space)
-            params = dict(trial.params)
+            # Stamped before its point is chosen: a driver killed while the sampler works leaves a trial
+            # that the next start-up can tell is dead.
+            trial = self._ot_study.ask()
+            stamp(self._ot_study, trial._trial_id, beat=True)
+            params = {name: trial.suggest_categorical(name, list(dist.choices)) for name, dist in self._space.items()}
             if "origin" not in trial.user_attrs:
                 trial.set_user_attr("origin", "sampler")
             trial.set_user_attr("policy", self._search_space.to_policy(params).to_dict())
             scored = next((t for t in complete if t.params == params and "metrics" in t.user_attrs), None)
             if scored is not None:
+                self._replays += 1
                 self._copy(trial, self._ot_study._storage.get_trial(scored._trial_id))
                 continue
             scoring = next((t for t in self._ot_trials.values() if t.params == params), None)
@@ -210,7 +198,15 @@ class StudySearcher(OptunaSearch):
                 # Answered from that trial's result when it ends; meanwhile ask for another point.
                 self._waiting.setdefault(scoring.number, []).append(trial)
                 continue
+            elsewhere = next((t for t in stored if t.state == TrialState.RUNNING and t.params == params
+                              and t.number < trial.number), None)
+            if elsewhere is not None:  # another search process on this storage is scoring it
+                trial.set_user_attr("duplicate_of", elsewhere.number)
+                self._ot_study.tell(trial, state=TrialState.PRUNED)
+                self._backoff_until = time.monotonic() + DUPLICATE_BACKOFF_SECONDS
+                return None
             self._asked += 1
+            self._replays = 0
             self._ot_trials[trial_id] = trial
             return params
 
@@ -232,7 +228,7 @@ class StudySearcher(OptunaSearch):
         if result and result.get("failed"):
             self._fail(trial, str(result.get("fail_reason", "the trial failed")))
         elif result and all(result.get(o) is not None for o in objectives):
-            trial.set_user_attr("metrics", json.loads(result["metrics_json"]))
+            record_metrics(trial, json.loads(result["metrics_json"]))
             values = [float(result[o]) for o in objectives]
             self._ot_study.tell(trial, values)
             log.info("trial %d (%s): %s", trial.number, trial.user_attrs.get("origin"),
@@ -242,7 +238,7 @@ class StudySearcher(OptunaSearch):
                               "or an unexpected exception; see error.txt in its Ray trial folder)")
         else:
             # Stopped before reporting (the experiment was interrupted): give the point back.
-            _give_back(self._ot_study, trial._trial_id)
+            give_back(self._ot_study, trial._trial_id)
 
     def _copy(self, trial: optuna.Trial, source: optuna.trial.FrozenTrial) -> None:
         """End `trial` as `source` (the same point) ended: its result, its failure, or interrupted."""
@@ -250,12 +246,12 @@ class StudySearcher(OptunaSearch):
 
         trial.set_user_attr("copied_from", source.number)
         if source.state == TrialState.COMPLETE:
-            trial.set_user_attr("metrics", source.user_attrs["metrics"])
+            record_metrics(trial, source.user_attrs["metrics"])
             self._ot_study.tell(trial, source.values)
             log.info("trial %d (%s): the point of trial %d again; its result copied", trial.number,
                      trial.user_attrs.get("origin"), source.number)
-        elif source.user_attrs.get("fail_reason", "").startswith("interrupted"):
-            _give_back(self._ot_study, trial._trial_id)
+        elif source.user_attrs.get("fail_reason", "") == INTERRUPTED:
+            give_back(self._ot_study, trial._trial_id)
         else:
             self._fail(trial, source.user_attrs.get("fail_reason", f"the same point failed in trial {source.number}"))
 
@@ -287,11 +283,12 @@ class StudySearcher(OptunaSearch):
         from mpsearch.search.storage import open_storage
 
         cfg = self._study_config
-        self._sampler = make_sampler(cfg.search.sampler, cfg.search.seed, len(cfg.search.objectives))
         self._storage = open_storage(cfg)
+        self._sampler = _resumed_sampler(cfg, self._storage)
         self._ot_study = optuna.load_study(study_name=cfg.name, storage=self._storage, sampler=self._sampler)
         self._ot_trials = {}
         self._waiting = {}
+        self._backoff_until = 0.0
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
@@ -300,6 +297,14 @@ class StudySearcher(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as file:
             self.__setstate__(pickle.load(file))
+
+
+def _resumed_sampler(cfg: StudyConfig, storage) -> optuna.samplers.BaseSampler:
+    """The study's sampler seeded past the trials already stored, as open_study seeds it."""
+    import optuna
+
+    stored = len(optuna.load_study(study_name=cfg.name, storage=storage).get_trials(deepcopy=False))
+    return make_sampler(cfg.search.sampler, cfg.search.seed + stored, len(cfg.search.objectives))
 
 
 # One TrialRunner per worker process and study: the baseline, calibration batches and eval data are
@@ -350,7 +355,10 @@ def _connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        _check_reachable(address)
+        from mpsearch.search.ray_address import check_address
+
+        check_address(address)
+        _present_auth_token()
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
@@ -358,24 +366,35 @@ def _connect(address: str | None) -> bool:
             # "local": a fresh Ray of this machine's cores, never a cluster found by chance.
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        where = f"at '{address}'" if address else "locally"
-        raise MpsearchError(f"Cannot start Ray {where} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                            "check --address (e.g. ray://head:10001 or auto) and that the cluster is up.") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not address:
+            raise MpsearchError(f"Cannot start Ray locally ({reason}); check that Ray is installed whole "
+                                "(`pip install 'ray[tune]'`) and that /tmp has room.") from None
+        raise MpsearchError(
+            f"Cannot connect to the Ray cluster at '{address}' ({reason}); check --address and that the cluster "
+            "is up; a cluster with token authentication (Ray's default for new clusters) needs this machine to "
+            "hold the head's token (`ray get-auth-token` there; RAY_AUTH_TOKEN or ~/.ray/auth_token here).") from None
     return True
 
 
-def _check_reachable(address: str) -> None:
-    """Fail at once on a host:port nobody answers (Ray itself retries such an address for minutes)."""
-    import socket
+def _present_auth_token() -> None:
+    """Present this machine's Ray token to the cluster when there is one and RAY_AUTH_MODE is unset.
 
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto", or a form Ray resolves itself
+    `ray start --head` turns token authentication on when the head has a token (~/.ray/auth_token,
+    written by any earlier local Ray), but `ray.init(address=...)` with an explicit address presents no
+    token unless RAY_AUTH_MODE=token: the driver is refused for ~20 s and gives up. A cluster without
+    authentication accepts a driver that presents one, so presenting it is always safe; a mode the user
+    set is kept."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
     try:
-        socket.create_connection((host, int(port)), timeout=10).close()
-    except OSError as exc:
-        raise MpsearchError(f"Ray is not reachable at --address '{address}' ({exc.strerror or exc}); start the "
-                            "cluster (`ray start --head`) or fix the address (host:6379, or ray://host:10001).") from None
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    if maybe_enable_token_auth_if_token_available(warn_if_disabled=False):
+        log.info("presenting this machine's Ray token to the cluster (RAY_AUTH_MODE=disabled to not)")
 
 
 def _cpus_per_trial(workers: int) -> int:
@@ -392,8 +411,10 @@ def _experiment_path(cfg: StudyConfig, request: dict) -> tuple[Path, bool]:
     if runs:
         last = runs[-1]
         requested = last / REQUEST_FILE
+        # A driver killed before Tune's first snapshot leaves tuner.pkl but no experiment state to restore.
         if (not (last / FINISHED_FILE).exists() and requested.is_file()
-                and json.loads(requested.read_text()) == request and tune.Tuner.can_restore(str(last))):
+                and json.loads(requested.read_text()) == request and tune.Tuner.can_restore(str(last))
+                and any(last.glob("experiment_state-*.json"))):
             return last, True
     return root / f"run-{len(runs) + 1:03d}", False
 
@@ -423,7 +444,7 @@ class _progress_bar:
         from sqlalchemy.exc import OperationalError
 
         try:
-            count = complete_count(self.study)
+            count = distinct_complete_count(self.study)
         except OperationalError:  # a locked database this second; the next poll catches up
             return
         self.bar.update(max(0, min(count, self.trials) - self.bar.n))

@@ -3,14 +3,19 @@ names another SQLAlchemy URL). Search algorithms never write result files; every
 front, export) reads from here.
 
 What every trial carries (both backends):
-  values                 one per `search.objectives`, in order, all minimised
+  values                 one per `search.objectives`, in order, all minimised (the study's metric_names)
   params                 the SearchSpace parameters (`<group>.<field>`)
   user_attrs["metrics"]  wer, cer, test_wer, test_cer, latency_ms, size_bytes, avg_weight_bits, seconds
+  user_attrs["m_<name>"] each number of `metrics` again on its own, for optuna-dashboard's columns
   user_attrs["policy"]   the Policy as `Policy.to_dict()` (so export needs neither model nor space)
   user_attrs["origin"]   "uniform-<bits>", "ilp-<i>", "supernet-<lambda>" or "sampler"
+  user_attrs["copied_from"]  on a COMPLETE trial of a point evaluated before: that trial's number (its
+                         result copied; it counts for nothing)
+  user_attrs["duplicate_of"] on a PRUNED trial: the earlier trial evaluating the same point meanwhile
   user_attrs["fail_reason"]  on a FAIL trial: why (NaN loss, the exception's message); a trial failed
                          by Optuna's heartbeat check has none (a finished trial cannot be written to),
                          `fail_reason()` says why for it
+  system_attrs["mpsearch:run"]  the search process that ran it (runs.py)
 """
 
 from __future__ import annotations
@@ -37,37 +42,71 @@ def storage_url(cfg: StudyConfig) -> str:
     return f"sqlite:///{(cfg.study_dir / STORAGE_FILE).resolve()}"
 
 
-def open_storage(cfg: StudyConfig, heartbeat: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(cfg: StudyConfig, heartbeat: bool = False, read_only: bool = False) -> optuna.storages.RDBStorage:
     """The RDB storage; with `heartbeat`, trials silent for `search.heartbeat_seconds` count as stale and
-    are re-enqueued once (a killed process's trial is run again, never a finished one)."""
+    their points are enqueued again (a killed process's trial is run again, never a finished one).
+    `read_only` creates nothing: no study folder, no SQLite file, no tables (an error if none exist)."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    Path(cfg.study_dir).mkdir(parents=True, exist_ok=True)
-    kwargs = {}
+    from mpsearch.search.runs import requeue_stale
+
+    url = storage_url(cfg)
+    if read_only:
+        _require_stored(cfg, url)
+    else:
+        Path(cfg.study_dir).mkdir(parents=True, exist_ok=True)
+    kwargs = {"skip_table_creation": True} if read_only else {}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if heartbeat:
         interval = max(1, cfg.search.heartbeat_seconds // 3)
-        kwargs = {"heartbeat_interval": interval, "grace_period": cfg.search.heartbeat_seconds,
-                      "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
-    url = storage_url(cfg)
+        kwargs.update(heartbeat_interval=interval, grace_period=cfg.search.heartbeat_seconds,
+                      heartbeat_stale_trial_callback=requeue_stale)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
-    except (SQLAlchemyError, ValueError, ImportError) as exc:
+    except (SQLAlchemyError, ValueError, ImportError, RuntimeError) as exc:  # RuntimeError: an older schema
         raise ConfigError(f"Cannot open the trial storage '{url}' ({str(exc).splitlines()[0]}); check "
                           "search.storage (a SQLAlchemy URL) or remove it to use SQLite in the study folder.") from None
 
 
-def load_trials_study(cfg: StudyConfig) -> optuna.Study:
-    """The stored Optuna study, for reading (front, export); an error if no search has run yet."""
-    import optuna
+def _require_stored(cfg: StudyConfig, url: str) -> None:
+    """Reading a SQLite file that does not exist would create it, empty; say that nothing ran instead."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    storage = open_storage(cfg)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # open_storage names the malformed URL
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).is_file():
+        raise ConfigError(_nothing_stored(cfg, url))
+
+
+def _nothing_stored(cfg: StudyConfig, url: str) -> str:
+    return f"No trials stored for study '{cfg.name}' in {url}; run `mpsearch search` on the study first."
+
+
+def load_trials_study(cfg: StudyConfig) -> optuna.Study:
+    """The stored Optuna study, for reading (front, export); an error if no search has run yet. Reading
+    creates nothing in the storage or the study folder."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    storage = open_storage(cfg, read_only=True)
     try:
         return optuna.load_study(study_name=cfg.name, storage=storage)
-    except KeyError:
-        raise ConfigError(f"No trials stored for study '{cfg.name}' in {storage_url(cfg)}; "
-                          f"run `mpsearch search` on the study first.") from None
+    except (KeyError, SQLAlchemyError):  # no such study, or no Optuna tables at all
+        raise ConfigError(_nothing_stored(cfg, storage_url(cfg))) from None
+
+
+def record_metrics(trial: optuna.Trial, metrics: dict) -> None:
+    """Store a trial's metrics: the whole dict (what the front and export read) and each number again as
+    its own `m_<name>` attribute (what optuna-dashboard shows as columns)."""
+    trial.set_user_attr("metrics", metrics)
+    for name, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            trial.set_user_attr(f"m_{name}", value)
 
 
 def _engine_kwargs(url: str) -> dict:

@@ -15,11 +15,16 @@ def stored(path):
     return load_trials_study(StudyConfig.from_yaml(path))
 
 
+def study_dir(path):
+    return StudyConfig.from_yaml(path).study_dir.resolve()
+
+
 def test_a_study_runs_its_trials_and_stores_metrics_policy_and_origin(tiny_study_yaml, capsys):
     assert main(["search", str(tiny_study_yaml), "--no-progress"]) == 0
     study = stored(tiny_study_yaml)
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 4
+    # The space's 4 points; a point proposed again is answered from its trial and not counted.
+    complete = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "copied_from" not in t.user_attrs]
+    assert len(complete) == 4 and len({tuple(sorted(t.params.items())) for t in complete}) == 4
     origins = [t.user_attrs["origin"] for t in complete]
     assert origins[:2] == ["uniform-8", "uniform-4"]  # the reference points, evaluated first
     for trial in complete:
@@ -30,17 +35,20 @@ def test_a_study_runs_its_trials_and_stores_metrics_policy_and_origin(tiny_study
         assert policy.resolve("joiner.out").weight_bits == trial.params["rest.weight_bits"]
     by_origin = {t.user_attrs["origin"]: t.user_attrs["metrics"] for t in complete}
     assert by_origin["uniform-4"]["size_bytes"] < by_origin["uniform-8"]["size_bytes"]
-    assert "4 complete trials (0 failed)" in capsys.readouterr().out
+    assert "4 complete trials of distinct points (0 failed" in capsys.readouterr().out
+    # Dashboard-friendly: objective names on the study, each metric as its own attribute.
+    assert optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir(tiny_study_yaml)}/optuna.db"
+                             ).metric_names == ["wer", "latency_ms"]
+    for trial in complete:
+        assert trial.user_attrs["m_wer"] == trial.user_attrs["metrics"]["wer"]
+        assert trial.user_attrs["m_latency_ms"] == trial.user_attrs["metrics"]["latency_ms"]
+        assert "m_finetune" not in trial.user_attrs  # a dict, not a number
 
-    # The same command again finds the trials done; a larger count adds only the difference.
+    # The same command again finds the trials done; more than the space's 4 points ask for nothing more.
     assert main(["search", str(tiny_study_yaml), "--no-progress"]) == 0
     assert len(stored(tiny_study_yaml).trials) == len(study.trials)
     assert main(["resume", str(tiny_study_yaml), "--trials", "5", "--no-progress"]) == 0
-    again = stored(tiny_study_yaml)
-    assert len(again.get_trials(states=(TrialState.COMPLETE,))) == 5
-    evaluated = [tuple(sorted(t.params.items())) for t in again.get_trials(states=(TrialState.COMPLETE,))
-                 if "copied_from" not in t.user_attrs]
-    assert len(evaluated) == len(set(evaluated)), "a point was trained twice"
+    assert len(stored(tiny_study_yaml).trials) == len(study.trials)
 
 
 def test_a_nan_trial_is_recorded_failed_with_its_reason(make_study, capsys):
@@ -92,9 +100,7 @@ def test_resume_needs_a_stored_study(tiny_study_yaml, capsys):
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials asked by hand, outside optimize()
-def test_a_point_an_earlier_worker_is_training_is_waited_for_not_trained_again(tiny_study_yaml):
-    import threading
-
+def test_a_point_an_earlier_trial_is_training_is_neither_trained_again_nor_waited_for(tiny_study_yaml):
     from mpsearch.search.optuna_backend import make_objective, open_study
     from mpsearch.study import Study
 
@@ -103,20 +109,50 @@ def test_a_point_an_earlier_worker_is_training_is_waited_for_not_trained_again(t
     study = open_study(cfg, space)
     point = {p.name: p.choices[0] for p in space.parameters()}
     study.enqueue_trial(point)
-    first = study.ask()  # another worker's trial of the point, still training
+    first = study.ask()  # another worker's (or process's) trial of the point, still training
     for p in space.parameters():
         first.suggest_categorical(p.name, list(p.choices))
     evaluated = []
-    objective = make_objective(cfg, space, lambda policy: evaluated.append(policy) or {}, study, poll_seconds=0.05)
+    objective = make_objective(cfg, space, lambda policy: evaluated.append(policy) or {}, study, poll_seconds=0.01)
     study.enqueue_trial(point)
     second = study.ask()
-    answer = {}
-    waiting = threading.Thread(target=lambda: answer.setdefault("values", objective(second)))
-    waiting.start()
-    waiting.join(timeout=0.5)
-    assert waiting.is_alive(), "the second trial did not wait for the first"
+    with pytest.raises(optuna.TrialPruned):
+        objective(second)
+    assert evaluated == [] and second.user_attrs["duplicate_of"] == first.number
+
+    # Once the first has finished, the point proposed again is answered from it.
     first.set_user_attr("metrics", {"wer": 0.5, "latency_ms": 2.0})
     study.tell(first, [0.5, 2.0])
-    waiting.join(timeout=10)
-    assert answer["values"] == (0.5, 2.0) and evaluated == []
-    assert second.user_attrs["copied_from"] == first.number
+    study.enqueue_trial(point)
+    third = study.ask()
+    assert objective(third) == (0.5, 2.0) and evaluated == []
+    assert third.user_attrs["copied_from"] == first.number and third.user_attrs["m_wer"] == 0.5
+
+
+def test_repeated_proposals_neither_count_nor_end_the_search(tiny_study_yaml):
+    """On a 4-point space with 3 points done, asking for 4 scores the last point whatever the sampler
+    proposes first; asking for more than the space holds scores nothing more."""
+    from mpsearch.search.optuna_backend import distinct_complete_count, run_optuna
+    from mpsearch.study import Study
+
+    cfg = StudyConfig.from_yaml(tiny_study_yaml)
+    space = Study(cfg, progress=False).search_space()
+    scored = []
+
+    def evaluate(policy):
+        scored.append(policy)
+        return {"wer": 0.5, "latency_ms": float(str(policy.to_dict()).count("8"))}
+
+    for sampler in ("random", "nsga2"):
+        scored.clear()
+        run = cfg.model_copy(update={"name": f"tiny-{sampler}", "search": cfg.search.model_copy(
+            update={"sampler": sampler})})
+        first = run_optuna(run, space, [], evaluate, trials=3, progress=False)
+        assert distinct_complete_count(first) == 3 and len(scored) == 3
+        again = run_optuna(run, space, [], evaluate, trials=4, progress=False)
+        assert distinct_complete_count(again) == 4 and len(scored) == 4, sampler
+        copies = [t for t in again.trials if "copied_from" in t.user_attrs]
+        assert all(t.state == TrialState.COMPLETE and t.values == again.trials[t.user_attrs["copied_from"]].values
+                   for t in copies)
+        run_optuna(run, space, [], evaluate, trials=6, progress=False)
+        assert len(scored) == 4
