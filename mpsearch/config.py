@@ -186,6 +186,25 @@ class SearchConfig(Section):
             raise ValueError(f"must be distinct names from {', '.join(OBJECTIVES)}")
         return value
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_is_a_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        forms = "must be a SQLAlchemy URL such as sqlite:////abs/path/optuna.db or postgresql://user@host/db"
+        try:
+            url = make_url(value)
+            url.get_dialect()
+        except ArgumentError as exc:  # unparsable, or a database kind SQLAlchemy does not know
+            raise ValueError(f"{forms} ({str(exc).splitlines()[0]})") from None
+        if url.get_backend_name() == "sqlite" and (url.host or url.port or url.username):
+            raise ValueError(f"{forms} (a SQLite URL has three slashes before a relative path, four before an "
+                             "absolute one)")
+        return value
+
     @field_validator("reference_point")
     @classmethod
     def _reference_names_objectives(cls, value: dict[str, float]) -> dict[str, float]:
@@ -262,8 +281,15 @@ class StudyConfig(Section):
     def _read_yaml(cls, path: Path) -> dict:
         if not path.is_file():
             raise ConfigError(f"Study file '{path}' does not exist; pass the path of a study YAML (see studies/).")
+        raw = path.read_bytes()
         try:
-            data = yaml.safe_load(path.read_text())
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(f"{path}: byte 0x{raw[exc.start]:02x} at line {line} (byte offset {exc.start}) is not "
+                              "UTF-8; save the study file as UTF-8.") from None
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -83,24 +83,39 @@ def _parse_line(path: Path, lineno: int, raw: str) -> Utterance:
     )
 
 
-def _lines(path: Path) -> Iterable[tuple[int, str]]:
+def _lines(path: Path) -> Iterable[tuple[int, str | DataError]]:
+    """(line number, text) of each non-blank line; a line that is not UTF-8 comes as the DataError
+    naming its line and byte offset, so a check can report it and go on."""
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except FileNotFoundError:
         raise DataError(f"Manifest {path} does not exist; check the path or build one with "
                         "`mpsearch data synth` or `mpsearch data librispeech`.") from None
     except OSError as exc:
         raise DataError(f"Cannot open manifest {path}: {exc.strerror}.") from None
+    offset = 0
     with handle:
         for lineno, raw in enumerate(handle, start=1):
-            if raw.strip():
-                yield lineno, raw
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, DataError(f"{path}:{lineno}: byte 0x{raw[exc.start]:02x} at byte offset "
+                                        f"{offset + exc.start} is not UTF-8; save the manifest as UTF-8.")
+            else:
+                if text.strip():
+                    yield lineno, text
+            offset += len(raw)
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:
     """All utterances of a JSONL manifest, relative audio paths resolved against its folder."""
     path = Path(path)
-    return [_parse_line(path, lineno, raw) for lineno, raw in _lines(path)]
+    utterances = []
+    for lineno, raw in _lines(path):
+        if isinstance(raw, DataError):
+            raise raw
+        utterances.append(_parse_line(path, lineno, raw))
+    return utterances
 
 
 def _absolute(path: Path) -> Path:
@@ -199,6 +214,8 @@ def check_manifest(path: str | Path, tokenizer: CharTokenizer | None = None) -> 
     for lineno, raw in _lines(path):
         count += 1
         try:
+            if isinstance(raw, DataError):
+                raise raw
             utt = _parse_line(path, lineno, raw)
         except DataError as exc:
             # The message starts with "<path>:<line>: "; the caller prints its own location.
