@@ -33,7 +33,7 @@ def card(name: str, study_path: Path, cfg: StudyConfig, metrics: dict, source: d
     lines = [
         f"# {name}: model card",
         "",
-        f"The {cfg.model.name.upper()} that `baseline: {{checkpoint: pretrained:{name}}}` loads "
+        f"The {cfg.model.name} model that `baseline: {{checkpoint: pretrained:{name}}}` loads "
         f"({metrics['parameters'] / 1e6:.2f} M parameters, {size / 2**20:.1f} MiB float32).",
         "",
         "| | WER [95% interval] | CER | utterances |",
