@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mpsearch.artifacts import atomic_path, read_json, write_json, write_text
+from mpsearch.artifacts import read_json, write_json, write_text
 from mpsearch.config import StudyConfig, config_hash
 from mpsearch.data.pipeline import SpeechData
 from mpsearch.data.tokenizer import CharTokenizer
@@ -147,8 +147,8 @@ class Study:
         try:
             metrics = read_json(metrics_path)
             if not isinstance(metrics, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
+                raise TypeError("not a JSON object")
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
             self._set_aside_baseline(f"{metrics_path} is unreadable ({exc})", "torn")
             return None
         if metrics.get("config_hash") != self.baseline_key:

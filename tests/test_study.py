@@ -115,7 +115,7 @@ def test_a_trained_checkpoint_loads_into_another_study_and_reproduces_its_dev_we
     assert main(["train", str(tiny_study), "--no-progress"]) == 0
     trained = json.loads((StudyConfig.from_yaml(tiny_study).study_dir / "baseline" / "metrics.json").read_text())
     reuse = _second_study(tiny_study, tmp_path)
-    model, metrics = Study(StudyConfig.from_yaml(reuse), progress=False).baseline()
+    _, metrics = Study(StudyConfig.from_yaml(reuse), progress=False).baseline()
     assert metrics["train_steps"] == 0 and "history" not in metrics
     assert metrics["dev"]["wer"] == trained["dev"]["wer"] and metrics["test"]["cer"] == trained["test"]["cer"]
     assert metrics["dev"]["wer_ci_low"] <= metrics["dev"]["wer"] <= metrics["dev"]["wer_ci_high"]
@@ -169,7 +169,7 @@ def test_a_torn_baseline_file_is_set_aside_and_redone(tiny_study, name, caplog):
     folder = StudyConfig.from_yaml(tiny_study).study_dir
     path = folder / "baseline" / name
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    model, metrics = Study(StudyConfig.from_yaml(tiny_study), progress=False).baseline()
+    _, metrics = Study(StudyConfig.from_yaml(tiny_study), progress=False).baseline()
     assert metrics["train_steps"] == 6
     assert str(path) in caplog.text or "unreadable" in caplog.text
     assert list(folder.glob("baseline-torn*"))

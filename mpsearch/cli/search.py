@@ -57,6 +57,7 @@ def run(args) -> int:
 
         load_trials_study(cfg)
     study = Study(cfg, progress=not args.no_progress)
+    print(_plan(cfg, args), flush=True)
     trials_study = run_search(study, backend=args.backend, trials=args.trials, workers=args.workers,
                               address=args.address)
     from optuna.trial import TrialState
@@ -81,6 +82,28 @@ def run(args) -> int:
     knee = pick_trial(table, pick="knee")
     knee.policy.save(study.dir / KNEE_POLICY)
     print(f"knee of the front: trial {knee.number}, policy written to {study.dir / KNEE_POLICY}")
+    print(f"report:  mpsearch report {args.study}   (one HTML page of the front, policies, latency, sensitivity)")
     print(f"next:  mpsearch train {args.study} --policy {study.dir / KNEE_POLICY}   "
           f"(or `mpsearch export` another trial)")
     return 0
+
+
+def _plan(cfg, args) -> str:
+    """What the search will do, stage by stage, and roughly how long its trials take."""
+    search = cfg.search
+    trials = args.trials or search.trials
+    baseline = (f"evaluate {cfg.baseline.checkpoint}" if cfg.baseline.checkpoint
+                else f"train the float baseline (up to {cfg.train.max_steps} steps"
+                     f"{f' or {cfg.train.max_minutes:g} min' if cfg.train.max_minutes else ''})")
+    scored = f"{search.eval_utterances} {search.eval_split}" if search.eval_utterances else f"all {search.eval_split}"
+    sensitivity = (f"Hessian sensitivity ({cfg.sensitivity.batches} batch(es), up to "
+                   f"{cfg.sensitivity.max_probes} HVPs each)")
+    stages = [baseline, sensitivity,
+              f"{search.warm_start.ilp} ILP candidate(s)" + (" + supernet sweep" if search.warm_start.supernet else ""),
+              (f"{trials} trials on {args.backend or search.backend} (uniform-precision references first; each "
+               f"fine-tunes {search.finetune.max_steps} steps under {search.emulation} emulation and scores "
+               f"{scored} and test utterances)")]
+    lines = [f"study '{cfg.name}' in {cfg.study_dir}: " + "; ".join(stages)]
+    lines.append("finished stages and trials are reused; each trial takes seconds to a few minutes "
+                 "depending on the model and the machine (the progress bar shows the rate)")
+    return "\n".join(lines)

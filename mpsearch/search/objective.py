@@ -112,6 +112,7 @@ class TrialRunner:
             raise TrialError(f"the trial's {', '.join(bad)} came out non-finite")
         metrics["seconds"] = round(time.monotonic() - start, 1)
         metrics["threads"] = torch.get_num_threads()
+        metrics["baseline"] = self.study.baseline_key  # which float model the trial was scored from
         return metrics
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -216,7 +215,6 @@ def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], ev
                trials: int, workers: int = 1, progress: bool = True) -> optuna.Study:
     """Run trials until the study holds `trials` distinct complete points (warm starts included)."""
     import optuna
-    import torch
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
@@ -236,7 +234,9 @@ def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], ev
         log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
         return study
     if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        from mpsearch.runtime import apply_thread_policy
+
+        apply_thread_policy(workers)  # the free cores shared between the workers
     bar = tqdm(total=target, initial=done, disable=not progress, desc="trials", unit="trial", dynamic_ncols=True)
 
     def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

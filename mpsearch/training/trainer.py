@@ -150,7 +150,7 @@ def _resumable_state(path: Path, key: str | None) -> dict | None:
         state = torch.load(path, weights_only=False)
         if not isinstance(state, dict) or "model" not in state:
             raise ValueError("not a training checkpoint")
-    except Exception as exc:  # a torn file raises whatever the unpickler hits first
+    except Exception as exc:  # noqa: BLE001 - a torn file raises whatever the unpickler hits first
         why = f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''})"
     else:
         if key is None or state.get("key") == key:
