@@ -43,3 +43,14 @@ def write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def check_header(data: Any, kind: str, version: int, *, source: str, what: str, noun: str, remedy: str,
+                 error: type[Exception]) -> None:
+    """Every versioned artefact starts with `_type` and `_version`: raise `error` naming `source` when
+    `data` is not a `kind` of this `version`. `what` names the artefact ("an mpsearch policy"), `noun`
+    its version ("policy version"), `remedy` how to make a good one."""
+    if not isinstance(data, dict) or data.get("_type") != kind:
+        raise error(f"{source} is not {what} (no '_type: {kind}'); {remedy}.")
+    if data.get("_version") != version:
+        raise error(f"{source} has {noun} {data.get('_version')!r}; this mpsearch reads version {version}; {remedy}.")

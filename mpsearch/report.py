@@ -356,31 +356,11 @@ class StudyReport:
 
 # --- trial states -----------------------------------------------------------------------------------------
 def heartbeat_ages(study) -> dict[int, float]:
-    """Seconds since the last heartbeat of each RUNNING trial that has one, by trial number, on the
-    database's own clock (the one that wrote the heartbeats)."""
-    import datetime as dt
+    """Seconds since the last heartbeat of each RUNNING trial that has one, by trial number."""
+    from mpsearch.search import runs
 
-    import sqlalchemy as sa
-
-    storage = getattr(study._storage, "_backend", study._storage)  # optuna wraps RDBStorage in a cache
-    engine = getattr(storage, "engine", None)
-    if engine is None:
-        return {}
-    trials = sa.table("trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"), sa.column("state"))
-    beats = sa.table("trial_heartbeats", sa.column("trial_id"), sa.column("heartbeat", sa.DateTime))
-    query = (sa.select(trials.c.number, beats.c.heartbeat)
-             .join(beats, beats.c.trial_id == trials.c.trial_id)
-             .where(trials.c.study_id == study._study_id, trials.c.state == "RUNNING"))
-    with engine.connect() as connection:
-        now = connection.execute(sa.select(sa.func.now())).scalar()
-        rows = connection.execute(query).all()
-
-    def naive(moment):
-        if isinstance(moment, str):  # SQLite hands CURRENT_TIMESTAMP back as text
-            moment = dt.datetime.fromisoformat(moment)
-        return moment.replace(tzinfo=None)
-
-    return {int(number): (naive(now) - naive(beat)).total_seconds() for number, beat in rows}
+    ages = runs.heartbeat_ages(study)
+    return {t.number: ages[t._trial_id] for t in study.get_trials(deepcopy=False) if t._trial_id in ages}
 
 
 def trial_states(trials, ages: dict[int, float], grace_seconds: float,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mpsearch.artifacts import read_json, write_json
+from mpsearch.artifacts import check_header, read_json, write_json
 from mpsearch.errors import PolicyError
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.sites import Site
@@ -93,12 +93,8 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<policy>") -> Policy:
-        if not isinstance(data, dict) or data.get("_type") != POLICY_TYPE:
-            raise PolicyError(f"{source} is not an mpsearch policy (no '_type: {POLICY_TYPE}'); "
-                              "write one with `mpsearch export`.")
-        if data.get("_version") != POLICY_VERSION:
-            raise PolicyError(f"{source} has policy version {data.get('_version')!r}; this mpsearch reads "
-                              f"version {POLICY_VERSION}.")
+        check_header(data, POLICY_TYPE, POLICY_VERSION, source=source, what="an mpsearch policy",
+                     noun="policy version", remedy="write one with `mpsearch export`", error=PolicyError)
         rules = data.get("rules")
         if not isinstance(rules, dict):
             raise PolicyError(f"{source}: 'rules' must be a mapping of site -> config.")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mpsearch.artifacts import atomic_path, read_json, write_json
+from mpsearch.artifacts import atomic_path, check_header, read_json, write_json
 from mpsearch.config import SensitivityConfig
 from mpsearch.errors import MpsearchError
 from mpsearch.sensitivity.omega import OmegaRecord, omega_by_site
@@ -110,12 +110,9 @@ class SensitivityReport:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<report>") -> SensitivityReport:
-        if not isinstance(data, dict) or data.get("_type") != REPORT_TYPE:
-            raise SensitivityReportError(f"{source} is not a sensitivity report (no '_type: {REPORT_TYPE}'); "
-                                         "write one with `mpsearch sensitivity`.")
-        if data.get("_version") != REPORT_VERSION:
-            raise SensitivityReportError(f"{source} has report version {data.get('_version')!r}; this mpsearch "
-                                         f"reads version {REPORT_VERSION}; compute it again.")
+        check_header(data, REPORT_TYPE, REPORT_VERSION, source=source, what="a sensitivity report",
+                     noun="report version", remedy="compute it again with `mpsearch sensitivity`",
+                     error=SensitivityReportError)
         try:
             rows = data["sites"]
             return cls(

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mpsearch.artifacts import atomic_path
+from mpsearch.artifacts import atomic_path, check_header
 from mpsearch.config import FeatureConfig, ModelConfig
 from mpsearch.data.tokenizer import CharTokenizer
 from mpsearch.errors import ConfigError, MpsearchError
@@ -86,12 +86,8 @@ def load_checkpoint(path: str | Path) -> ModelCheckpoint:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:120]}); it may be "
                               "truncated: write it again with `mpsearch train`.") from None
-    if not isinstance(data, dict) or data.get("_type") != CHECKPOINT_TYPE:
-        raise CheckpointError(f"{path} is not an mpsearch model checkpoint (no '_type: {CHECKPOINT_TYPE}'); "
-                              "write one with `mpsearch train STUDY.yaml`.")
-    if data.get("_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {data.get('_version')!r}; this mpsearch reads "
-                              f"version {CHECKPOINT_VERSION}.")
+    check_header(data, CHECKPOINT_TYPE, CHECKPOINT_VERSION, source=str(path), what="an mpsearch model checkpoint",
+                 noun="checkpoint version", remedy="write one with `mpsearch train STUDY.yaml`", error=CheckpointError)
     try:
         tokenizer = data["tokenizer"]
         if tokenizer.get("type") != "CharTokenizer":
