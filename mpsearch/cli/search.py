@@ -104,6 +104,27 @@ def _plan(cfg, args) -> str:
                f"fine-tunes {search.finetune.max_steps} steps under {search.emulation} emulation and scores "
                f"{scored} and test utterances)")]
     lines = [f"study '{cfg.name}' in {cfg.study_dir}: " + "; ".join(stages)]
-    lines.append("finished stages and trials are reused; each trial takes seconds to a few minutes "
-                 "depending on the model and the machine (the progress bar shows the rate)")
+    seconds = _stored_trial_seconds(cfg)
+    if seconds:
+        median = sorted(seconds)[len(seconds) // 2]
+        left = max(0, trials - len(seconds))
+        lines.append(f"finished stages and trials are reused: {len(seconds)} trial(s) stored, {left} to run at "
+                     f"about {median:.0f} s each (the stored trials' median), about {left * median / 60:.0f} min")
+    else:
+        lines.append("finished stages and trials are reused; a trial takes seconds to minutes depending on the "
+                     "model and the machine (the progress bar shows the rate)")
     return "\n".join(lines)
+
+
+def _stored_trial_seconds(cfg) -> list[float]:
+    """How long each complete trial already stored took; empty for a study not searched yet."""
+    from mpsearch.errors import MpsearchError
+    from mpsearch.search.storage import load_trials_study
+
+    try:
+        stored = load_trials_study(cfg)
+    except MpsearchError:
+        return []
+    return [float(t.user_attrs["metrics"]["seconds"]) for t in stored.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE" and "copied_from" not in t.user_attrs
+            and isinstance((t.user_attrs.get("metrics") or {}).get("seconds"), (int, float))]

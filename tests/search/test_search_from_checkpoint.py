@@ -26,6 +26,10 @@ def test_search_from_a_checkpoint_writes_intervals_and_paired_differences(tmp_pa
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(study))
     assert main(["search", str(tmp_path / "b.yaml"), "--no-progress"]) == 0
     out = capsys.readouterr().out
+    assert "study 'from_checkpoint'" in out and "evaluate " in out and "3 trials on optuna" in out
+    assert "mpsearch report" in out
+    assert main(["search", str(tmp_path / "b.yaml"), "--no-progress"]) == 0  # everything reused
+    assert "3 trial(s) stored, 0 to run" in capsys.readouterr().out
 
     folder = StudyConfig.from_yaml(tmp_path / "b.yaml").study_dir
     metrics = json.loads((folder / "baseline" / "metrics.json").read_text())
