@@ -47,7 +47,7 @@ def run(args) -> int:
 
         policy = Policy.load(args.policy)
         metrics, out = train_with_policy(study, policy, Path(args.policy).stem, args.steps)
-        print(json.dumps({k: v for k, v in metrics.items() if k != "integer_export"}, indent=2))
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("integer_export", "utterances")}, indent=2))
         print(f"model, metrics and integer export written to {out}")
         return 0
     _, metrics = study.baseline()
