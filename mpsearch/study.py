@@ -29,6 +29,7 @@ class Study:
         self.cfg = cfg
         self.dir = cfg.study_dir
         self.progress = progress
+        self._baseline: tuple | None = None  # (checkpoint, metrics), made or loaded once per process
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text(self.dir / "study.yaml.json", cfg.model_dump_json(indent=2))
 
@@ -110,14 +111,18 @@ class Study:
         return resolve_checkpoint(spec) if spec else None
 
     @cached_property
+    def checkpoint_sha256(self) -> str:
+        from mpsearch.training.checkpoint import file_sha256
+
+        return file_sha256(self.checkpoint_path)
+
+    @cached_property
     def baseline_key(self) -> str:
         """What the float baseline depends on: the checkpoint's contents, or the data, model and training
         settings; and the manifests' contents (a new corpus version, or a user's edited manifest, makes a
         new baseline instead of reusing a stale one)."""
         if self.checkpoint_path is not None:
-            from mpsearch.training.checkpoint import file_sha256
-
-            return config_hash(self.cfg.data, self.cfg.model, {"checkpoint": file_sha256(self.checkpoint_path)},
+            return config_hash(self.cfg.data, self.cfg.model, {"checkpoint": self.checkpoint_sha256},
                                self.manifest_digests)
         # how the run is watched and how many threads it uses do not change the model it trains
         recipe = self.cfg.train.model_dump(mode="json", exclude={"threads", "eval_every", "checkpoint_every"})
@@ -134,8 +139,6 @@ class Study:
         model = self.new_model()
         model.load_state_dict(checkpoint.state_dict)
         return model, metrics
-
-    _baseline: tuple | None = None
 
     def _stored_baseline(self):
         """(checkpoint, metrics) of a finished baseline whose key matches; None when there is none."""
@@ -179,7 +182,7 @@ class Study:
         log.warning("%s; the old baseline files are kept in %s and the baseline is made anew", why, stale)
 
     def _evaluate_checkpoint(self):
-        from mpsearch.training.checkpoint import check_matches, file_sha256, load_checkpoint
+        from mpsearch.training.checkpoint import check_matches, load_checkpoint
 
         path = self.checkpoint_path
         checkpoint = load_checkpoint(path)
@@ -192,7 +195,7 @@ class Study:
         metrics = {
             "config_hash": self.baseline_key,
             "checkpoint": self.cfg.baseline.checkpoint,
-            "checkpoint_sha256": file_sha256(path),
+            "checkpoint_sha256": self.checkpoint_sha256,
             "source": checkpoint.source,
             "model": self.cfg.model.name,
             "parameters": sum(p.numel() for p in model.parameters()),

@@ -58,21 +58,21 @@ def format_ms(value: Any) -> str:
 
 def format_rate(value: Any, low: Any = None, high: Any = None) -> str:
     """An error rate as a percentage, with its interval when given: "12.3% [11.1, 13.6]"."""
-    if not _is_number(value) or math.isnan(float(value)):
-        return "-"
-    text = f"{100 * float(value):.1f}%"
-    if _is_number(low) and _is_number(high) and not (math.isnan(float(low)) or math.isnan(float(high))):
-        text += f" [{100 * float(low):.1f}, {100 * float(high):.1f}]"
-    return text
+    return _with_interval(value, low, high, "{:.1f}", "%")
 
 
 def format_delta(value: Any, low: Any = None, high: Any = None) -> str:
     """A difference of error rates in percentage points, signed, with its interval: "+0.40 [-0.31, 1.12]"."""
+    return _with_interval(value, low, high, "{:+.2f}", "")
+
+
+def _with_interval(value: Any, low: Any, high: Any, spec: str, suffix: str) -> str:
+    """`value` in percent as `spec` formats it, then " [low, high]" when both ends are numbers."""
     if not _is_number(value) or math.isnan(float(value)):
         return "-"
-    text = f"{100 * float(value):+.2f}"
+    text = spec.format(100 * float(value)) + suffix
     if _is_number(low) and _is_number(high) and not (math.isnan(float(low)) or math.isnan(float(high))):
-        text += f" [{100 * float(low):+.2f}, {100 * float(high):+.2f}]"
+        text += f" [{spec.format(100 * float(low))}, {spec.format(100 * float(high))}]"
     return text
 
 

@@ -169,6 +169,8 @@ class FrontTable:
     states: dict[str, int]
     trials: dict[int, optuna.trial.FrozenTrial] = field(repr=False)
     duplicates: dict[int, list[int]] = field(default_factory=dict)
+    # the uniform 8-bit trial's per-utterance errors, which every row's paired difference is taken against
+    reference_utterances: dict | None = field(default=None, repr=False)
 
     @classmethod
     def from_study(cls, study: optuna.Study, objectives: Sequence[str],
@@ -191,8 +193,8 @@ class FrontTable:
         other_params = _other_params(kept)
         group_sites = {g.get("group"): g.get("site_names") or [] for g in study.user_attrs.get("space") or []
                        if isinstance(g, dict)}
-        reference = _reference_utterances(kept)
-        rows = [_row(t, objectives, prefixes, other_params, group_sites, reference) for t in kept]
+        reference_utterances = _reference_utterances(kept)
+        rows = [_row(t, objectives, prefixes, other_params, group_sites, reference_utterances) for t in kept]
         columns = _columns(objectives, prefixes, other_params)
         frame = pd.DataFrame(rows, columns=columns)
         # a speech study has no perplexity, a language model no WER: leave out what no trial measured
@@ -214,7 +216,8 @@ class FrontTable:
             volume = 0.0
         if duplicates:
             log.debug("trials repeating an earlier point, shown once: %s", duplicates)
-        return cls(study.study_name, objectives, frame, reference, volume, states, trials, duplicates)
+        return cls(study.study_name, objectives, frame, reference, volume, states, trials, duplicates,
+                   reference_utterances)
 
     # --- views --------------------------------------------------------------------------------------------
     @property
@@ -234,8 +237,7 @@ class FrontTable:
         trial = self.trials[number]
         prefixes = [c[: -len(".weight_bits")] for c in self.group_columns if c.endswith(".weight_bits")]
         other = [c for c in self.group_columns if not c.endswith((".weight_bits", ".method"))]
-        reference = _reference_utterances([t for t in self.trials.values() if t.state.name == "COMPLETE"])
-        values = _row(trial, self.objectives, prefixes, other, reference=reference)
+        values = _row(trial, self.objectives, prefixes, other, reference=self.reference_utterances)
         values = {k: v for k, v in values.items() if k in self.frame.columns}
         point = np.array([values[o] for o in self.objectives], dtype=float)
         others = self.frame[list(self.objectives)].to_numpy(dtype=float)

@@ -3,6 +3,10 @@ few training steps, NNA emulation, SQLite storage in the test's folder."""
 
 from __future__ import annotations
 
+import sqlite3
+from collections import Counter
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
@@ -66,3 +70,29 @@ def ray_session():
 def make_study_yaml(tmp_path, synth_corpus):
     """`make_study_yaml(trials=2, ...)`: the tiny study's YAML with these `search:` overrides."""
     return lambda **search: write_study(tmp_path, synth_corpus, **search)
+
+
+def _read_trial_states(db) -> Counter:
+    """Trial states, and as "STAMPED" the RUNNING trials a search process has taken as its own (killed
+    then, the trial is killed mid-trial rather than while the sampler chooses its point)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            states = Counter(state for (state,) in con.execute("SELECT state FROM trials"))
+            states["STAMPED"] = con.execute(
+                "SELECT count(*) FROM trials t JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
+                "WHERE t.state = 'RUNNING' AND a.key = 'mpsearch:run'").fetchone()[0]
+            return states
+    except sqlite3.Error:  # not created yet, or locked this instant
+        return Counter()
+
+
+def _mid_trial(states: Counter) -> bool:
+    return states["RUNNING"] >= 1 and states["STAMPED"] == states["RUNNING"]
+
+
+@pytest.fixture
+def trial_states():
+    """`read(db)`: the trial states in a study's SQLite file (read-only, safe while a search writes it);
+    `mid_trial(states)`: whether every RUNNING trial has been taken by a search process, so a kill now
+    lands in the middle of a trial."""
+    return SimpleNamespace(read=_read_trial_states, mid_trial=_mid_trial)

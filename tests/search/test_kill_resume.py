@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,24 +21,6 @@ from mpsearch.search.storage import fail_reason
 TRIALS = 4
 
 
-def _states(db) -> Counter:
-    """Trial states, and as "STAMPED" the RUNNING trials a search process has taken as its own (killed
-    then, the trial is killed mid-trial rather than while the sampler chooses its point)."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            states = Counter(state for (state,) in con.execute("SELECT state FROM trials"))
-            states["STAMPED"] = con.execute(
-                "SELECT count(*) FROM trials t JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
-                "WHERE t.state = 'RUNNING' AND a.key = 'mpsearch:run'").fetchone()[0]
-            return states
-    except sqlite3.Error:  # not created yet, or locked this instant
-        return Counter()
-
-
-def _mid_trial(states: Counter) -> bool:
-    return states["RUNNING"] >= 1 and states["STAMPED"] == states["RUNNING"]
-
-
 def _search(study_yaml, backend, log, address=None):
     command = [sys.executable, "-m", "mpsearch.cli.main", "search", str(study_yaml), "--backend", backend,
                "--no-progress", *(["--address", address] if address else [])]
@@ -49,7 +30,8 @@ def _search(study_yaml, backend, log, address=None):
 
 
 @pytest.mark.parametrize("backend", ["optuna", "ray"])
-def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, make_study_yaml, backend, request):
+def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, make_study_yaml, backend, request,
+                                                                  trial_states):
     # The Ray search joins the session's Ray by --address (a killed driver's trials die with its job).
     address = request.getfixturevalue("ray_session").get_runtime_context().gcs_address if backend == "ray" else None
     study_yaml = make_study_yaml(trials=TRIALS, workers=1 if backend == "optuna" else 2, heartbeat_seconds=60,
@@ -60,7 +42,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, make_
         process = _search(study_yaml, backend, log, address)
         deadline = time.monotonic() + 150
         try:
-            while not (_states(db)["COMPLETE"] >= 1 and _mid_trial(_states(db))):
+            while not (trial_states.read(db)["COMPLETE"] >= 1 and trial_states.mid_trial(trial_states.read(db))):
                 assert process.poll() is None, f"the search ended before it was killed:\n{log_path.read_text()}"
                 assert time.monotonic() < deadline, f"no trial completed in time:\n{log_path.read_text()}"
                 time.sleep(0.2)

@@ -12,12 +12,10 @@ import secrets
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -101,26 +99,8 @@ def ray_cluster(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _states(db) -> Counter:
-    """Trial states, and as "STAMPED" the RUNNING trials a search process has taken as its own (killed
-    then, the trial is killed mid-trial rather than while the sampler chooses its point)."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            states = Counter(state for (state,) in con.execute("SELECT state FROM trials"))
-            states["STAMPED"] = con.execute(
-                "SELECT count(*) FROM trials t JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
-                "WHERE t.state = 'RUNNING' AND a.key = 'mpsearch:run'").fetchone()[0]
-            return states
-    except sqlite3.Error:  # not created yet, or locked this instant
-        return Counter()
-
-
-def _mid_trial(states: Counter) -> bool:
-    return states["RUNNING"] >= 1 and states["STAMPED"] == states["RUNNING"]
-
-
 def test_search_on_a_token_cluster_connects_and_resumes_after_the_driver_is_killed(ray_cluster, make_study_yaml,
-                                                                                   tmp_path):
+                                                                                   tmp_path, trial_states):
     address, env = ray_cluster
     study_yaml = make_study_yaml(trials=TRIALS, workers=1, warm_start={"ilp": 0}, heartbeat_seconds=5)
     command = [sys.executable, "-m", "mpsearch.cli.main", "search", str(study_yaml), "--backend", "ray",
@@ -131,7 +111,7 @@ def test_search_on_a_token_cluster_connects_and_resumes_after_the_driver_is_kill
         driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 180
         try:
-            while not _mid_trial(_states(db)):
+            while not trial_states.mid_trial(trial_states.read(db)):
                 assert driver.poll() is None, f"the search ended before it was killed:\n{log_path.read_text()}"
                 assert time.monotonic() < deadline, f"no trial started in time:\n{log_path.read_text()}"
                 time.sleep(0.2)
