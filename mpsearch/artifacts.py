@@ -1,15 +1,26 @@
 """Atomic writes: every stage artefact is written beside its final name, then renamed into place,
-so a kill at any moment leaves either the old file or the new one, never half of one."""
+so a kill at any moment leaves either the old file or the new one, never half of one. `cached` is the
+one rule every keyed stage follows: reuse the artefact while its key holds, else make it anew."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
+import re
+import shutil
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from mpsearch.errors import MpsearchError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -54,3 +65,59 @@ def check_header(data: Any, kind: str, version: int, *, source: str, what: str, 
         raise error(f"{source} is not {what} (no '_type: {kind}'); {remedy}.")
     if data.get("_version") != version:
         raise error(f"{source} has {noun} {data.get('_version')!r}; this mpsearch reads version {version}; {remedy}.")
+
+
+# What a torn, truncated or foreign file raises while it is read: JSON and pickle errors, a zip archive
+# cut short (torch files), a missing field, or the project's own "not an artefact of this kind" errors.
+UNREADABLE = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
+              pickle.UnpicklingError, zipfile.BadZipFile, MpsearchError)
+
+
+def cached(path: str | Path, key: str, compute: Callable[[], T], load: Callable[[Path], tuple[Any, T]], *,
+           files: Sequence[str | Path] | None = None) -> T:
+    """The artefact at `path` when it loads and carries `key`; otherwise `compute()`, which writes it.
+
+    `load(path)` returns (the key the artefact was made under, the artefact); `path` is the file written
+    last, so its presence means the artefact is finished. An artefact that does not load (truncated
+    JSON, a torch file cut short) or that carries another key is set aside, never deleted, with one log
+    line naming the file and where it went; then it is made anew. `files` are the artefact's files that
+    go aside together (default: `path` alone, renamed next to it as `<stem>-<tag><suffix>`; several move
+    into a folder `<their folder>-<tag>` beside their own)."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            stored_key, value = load(path)
+        except UNREADABLE as exc:
+            detail = str(exc).splitlines()[0][:200].rstrip(".") if str(exc) else type(exc).__name__
+            artefact_files = [Path(f) for f in files or (path,)]
+            why = detail if any(str(f) in detail for f in artefact_files) else f"{path} is unreadable ({detail})"
+            tag = "torn"
+        else:
+            if stored_key == key:
+                log.info("reusing %s", path)
+                return value
+            why = f"{path} was made from other settings (key {stored_key}, now {key})"
+            tag = re.sub(r"[^\w.]", "_", str(stored_key))[:16] if stored_key else "stale"
+        aside = set_aside([Path(f) for f in files or (path,)], tag)
+        log.warning("%s; set aside as %s and made anew", why, aside)
+    return compute()
+
+
+def set_aside(files: Sequence[Path], tag: str) -> Path:
+    """Move an artefact's files out of the way under a name with `tag` (numbered when taken); returns
+    where they went."""
+    one = len(files) == 1
+    base = files[0] if one else files[0].parent
+    aside, n = base, 1
+    while aside == base or aside.exists():
+        numbered = f"-{tag}" if n == 1 else f"-{tag}-{n}"
+        aside = base.with_name(f"{base.stem}{numbered}{base.suffix}" if one else f"{base.name}{numbered}")
+        n += 1
+    if one:
+        files[0].replace(aside)
+        return aside
+    aside.mkdir(parents=True)
+    for f in files:
+        if f.exists():
+            shutil.move(str(f), aside / f.name)
+    return aside

@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import time
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
-from mpsearch.artifacts import read_json, write_json, write_text
+from mpsearch.artifacts import cached, read_json, write_json, write_text
 from mpsearch.config import StudyConfig, config_hash
 from mpsearch.data.pipeline import SpeechData
 from mpsearch.data.tokenizer import CharTokenizer
@@ -100,6 +99,12 @@ class Study:
 
     @cached_property
     def manifest_digests(self) -> dict[str, str]:
+        from mpsearch.errors import DataError
+
+        missing = [path for path in self.manifests.values() if not path.is_file()]
+        if missing:
+            raise DataError(f"Manifest '{missing[0]}' does not exist; create it with `mpsearch data synth` or "
+                            "`mpsearch data librispeech`.")
         return {split: hashlib.sha256(path.read_bytes()).hexdigest() for split, path in self.manifests.items()}
 
     @cached_property
@@ -133,53 +138,27 @@ class Study:
         once from the `train` section; reused while its key holds, set aside and redone when it changed
         or its files are unreadable. Each call returns a fresh model with the baseline's weights."""
         if self._baseline is None:
-            self._baseline = self._stored_baseline() or (
-                self._evaluate_checkpoint() if self.checkpoint_path is not None else self._train_baseline())
+            metrics_path, model_path = self.baseline_dir / "metrics.json", self.baseline_dir / "model.pt"
+            make = self._evaluate_checkpoint if self.checkpoint_path is not None else self._train_baseline
+            # a training checkpoint stays: the trainer resumes it only when its key matches
+            self._baseline = cached(metrics_path, self.baseline_key, make, self._load_baseline,
+                                    files=(metrics_path, model_path))
         checkpoint, metrics = self._baseline
         model = self.new_model()
         model.load_state_dict(checkpoint.state_dict)
         return model, metrics
 
-    def _stored_baseline(self):
-        """(checkpoint, metrics) of a finished baseline whose key matches; None when there is none."""
-        from mpsearch.training.checkpoint import CheckpointError, load_checkpoint
+    def _load_baseline(self, metrics_path: Path) -> tuple[str | None, tuple | None]:
+        """(key, (checkpoint, metrics)) of a finished baseline; its model is read only when the key holds."""
+        from mpsearch.training.checkpoint import load_checkpoint
 
-        metrics_path, model_path = self.baseline_dir / "metrics.json", self.baseline_dir / "model.pt"
-        if not metrics_path.is_file():
-            return None
-        try:
-            metrics = read_json(metrics_path)
-            if not isinstance(metrics, dict):
-                raise TypeError("not a JSON object")
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            self._set_aside_baseline(f"{metrics_path} is unreadable ({exc})", "torn")
-            return None
+        metrics = read_json(metrics_path)
+        if not isinstance(metrics, dict):
+            raise TypeError(f"{metrics_path} is not a JSON object")
         if metrics.get("config_hash") != self.baseline_key:
-            self._set_aside_baseline("the baseline's config or checkpoint changed", metrics.get("config_hash", "old"))
-            return None
-        if self.checkpoint_path is not None:
-            model_path = self.checkpoint_path
-        try:
-            checkpoint = load_checkpoint(model_path)
-        except CheckpointError as exc:
-            self._set_aside_baseline(str(exc), "torn")
-            return None
-        log.info("reusing the float baseline in %s", self.baseline_dir)
-        return checkpoint, metrics
-
-    def _set_aside_baseline(self, why: str, tag: str) -> None:
-        """Move the finished baseline's files aside (never delete work); a training checkpoint stays,
-        since the trainer resumes it only when its key matches."""
-        stale = self.dir / f"baseline-{tag}"
-        n = 1
-        while stale.exists():
-            n += 1
-            stale = self.dir / f"baseline-{tag}-{n}"
-        stale.mkdir(parents=True)
-        for name in ("metrics.json", "model.pt"):
-            if (self.baseline_dir / name).exists():
-                shutil.move(str(self.baseline_dir / name), stale / name)
-        log.warning("%s; the old baseline files are kept in %s and the baseline is made anew", why, stale)
+            return metrics.get("config_hash"), None
+        model_path = self.checkpoint_path or self.baseline_dir / "model.pt"
+        return metrics["config_hash"], (load_checkpoint(model_path), metrics)
 
     def _evaluate_checkpoint(self):
         from mpsearch.training.checkpoint import check_matches, load_checkpoint

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from mpsearch.artifacts import cached
 from mpsearch.config import SensitivityConfig
 from mpsearch.sensitivity.backends import BACKENDS
-from mpsearch.sensitivity.report import SensitivityReport, SensitivityReportError, plot_traces, report_key
+from mpsearch.sensitivity.report import SensitivityReport, plot_traces, report_key
 
 if TYPE_CHECKING:  # the study sits above this package; only its interface is used here
     from mpsearch.study import Study
@@ -36,22 +37,25 @@ def ensure_sensitivity(study: Study, backend: str | None = None) -> SensitivityR
         cfg = cfg.model_copy(update={"backend": backend})
     path, plot = Path(study.dir) / REPORT_FILE, Path(study.dir) / PLOT_FILE
     model, _ = study.baseline()
-    key = report_key(model, cfg)
-    stored = _stored_report(path)
-    if stored is not None and stored.key == key:
-        log.info("reusing the sensitivity report in %s", path)
-        if not plot.is_file():
-            plot_traces(stored, plot)
-        return stored
-    if stored is not None:
-        log.info("the baseline or the sensitivity settings changed; computing the sensitivity report again")
-    use_twice_differentiable_loss(model)
-    report = BACKENDS.get(cfg.backend)(model, _sensitivity_batches(study, model, cfg), cfg,
-                                       progress=getattr(study, "progress", False))
-    report.save(path)
-    plot_traces(report, plot)
-    log.info("wrote %s and %s (%.1f s)", path, plot, report.seconds)
+
+    def compute() -> SensitivityReport:
+        use_twice_differentiable_loss(model)
+        report = BACKENDS.get(cfg.backend)(model, _sensitivity_batches(study, model, cfg), cfg,
+                                           progress=getattr(study, "progress", False))
+        report.save(path)
+        plot_traces(report, plot)
+        log.info("wrote %s and %s (%.1f s)", path, plot, report.seconds)
+        return report
+
+    report = cached(path, report_key(model, cfg), compute, _load_report)
+    if not plot.is_file():
+        plot_traces(report, plot)
     return report
+
+
+def _load_report(path: Path) -> tuple[str, SensitivityReport]:
+    report = SensitivityReport.load(path)
+    return report.key, report
 
 
 def use_twice_differentiable_loss(model: nn.Module) -> None:
@@ -62,16 +66,6 @@ def use_twice_differentiable_loss(model: nn.Module) -> None:
     if "ctc_impl" in fields and config.ctc_impl != "pure":
         model.config = config.model_copy(update={"ctc_impl": "pure"})
         log.info("using the pure-PyTorch CTC loss for second derivatives")
-
-
-def _stored_report(path: Path) -> SensitivityReport | None:
-    if not path.is_file():
-        return None
-    try:
-        return SensitivityReport.load(path)
-    except SensitivityReportError as exc:
-        log.warning("ignoring %s: %s", path, exc)
-        return None
 
 
 def _sensitivity_batches(study: Study, model: nn.Module, cfg: SensitivityConfig) -> Iterator[Any]:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mpsearch.artifacts import read_json, write_json
+from mpsearch.artifacts import cached, read_json, write_json
 from mpsearch.config import config_hash
-from mpsearch.errors import ConfigError, MpsearchError
+from mpsearch.errors import ConfigError
 from mpsearch.quant import find_sites
 from mpsearch.search.space import SearchSpace
 from mpsearch.supernet.search import SupernetCandidate, search
@@ -42,26 +42,26 @@ def ensure_supernet(study: Study) -> list[SupernetCandidate]:
     path = Path(study.dir) / SWEEP_FILE
     space_path = _space_path(study)
     key = supernet_key(study)
-    stored = _stored(path, key)
-    if stored is not None:
-        log.info("reusing the supernet sweep in %s", path)
-        return stored
-    model, _ = study.baseline()
-    space = SearchSpace.from_yaml(space_path, find_sites(model))
-    cfg = study.cfg.supernet
-    threads = getattr(study.cfg.train, "threads", None)
-    if threads:
-        torch.set_num_threads(threads)
-    start = time.monotonic()
-    candidates = search(model, space, study.latency_model(), cfg, batches=_batches(study, model),
-                        progress=getattr(study, "progress", False))
-    for candidate in candidates:
-        candidate.policy.save(policy_path(study.dir, candidate.lam))
-    write_json(path, {"_type": SWEEP_TYPE, "config_hash": key, "space": str(space_path),
-                      "seconds": round(time.monotonic() - start, 1),
-                      "candidates": [c.to_dict() for c in candidates]})
-    log.info("wrote %s (%d candidates)", path, len(candidates))
-    return candidates
+
+    def compute() -> list[SupernetCandidate]:
+        model, _ = study.baseline()
+        space = SearchSpace.from_yaml(space_path, find_sites(model))
+        cfg = study.cfg.supernet
+        threads = getattr(study.cfg.train, "threads", None)
+        if threads:
+            torch.set_num_threads(threads)
+        start = time.monotonic()
+        candidates = search(model, space, study.latency_model(), cfg, batches=_batches(study, model),
+                            progress=getattr(study, "progress", False))
+        for candidate in candidates:
+            candidate.policy.save(policy_path(study.dir, candidate.lam))
+        write_json(path, {"_type": SWEEP_TYPE, "config_hash": key, "space": str(space_path),
+                          "seconds": round(time.monotonic() - start, 1),
+                          "candidates": [c.to_dict() for c in candidates]})
+        log.info("wrote %s (%d candidates)", path, len(candidates))
+        return candidates
+
+    return cached(path, key, compute, _load_sweep)
 
 
 def _space_path(study: Study) -> Path:
@@ -75,18 +75,11 @@ def _space_path(study: Study) -> Path:
     return path
 
 
-def _stored(path: Path, key: str) -> list[SupernetCandidate] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = read_json(path)
-        if data.get("_type") != SWEEP_TYPE or data.get("config_hash") != key:
-            log.info("the supernet settings, search space, hardware or baseline changed; searching again")
-            return None
-        return [SupernetCandidate.from_dict(c, source=str(path)) for c in data["candidates"]]
-    except (ValueError, KeyError, TypeError, AttributeError, MpsearchError) as exc:
-        log.warning("ignoring %s (%s); searching again", path, exc)
-        return None
+def _load_sweep(path: Path) -> tuple[str, list[SupernetCandidate]]:
+    data = read_json(path)
+    if data.get("_type") != SWEEP_TYPE:
+        raise ValueError(f"{path} is not a supernet sweep (no '_type: {SWEEP_TYPE}')")
+    return data["config_hash"], [SupernetCandidate.from_dict(c, source=str(path)) for c in data["candidates"]]
 
 
 def _batches(study: Study, model: torch.nn.Module) -> Any:

@@ -95,3 +95,14 @@ def test_cli_rejects_an_unknown_backend(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sensitivity", str(tmp_path / "s.yaml"), "--backend", "nope"])
     assert "hutchinson" in capsys.readouterr().err
+
+
+def test_a_truncated_report_is_set_aside_and_computed_again(study, caplog):
+    first = stage.ensure_sensitivity(study)
+    path = study.dir / "sensitivity.json"
+    path.write_text(path.read_text()[: len(path.read_text()) // 2])
+    again = stage.ensure_sensitivity(study)
+    assert study.data_reads == 2 and again.key == first.key and again.traces == first.traces
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mpsearch.artifacts"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "\n" not in warnings[0]
+    assert (study.dir / "sensitivity-torn.json").is_file()

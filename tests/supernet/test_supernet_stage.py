@@ -120,3 +120,15 @@ def test_cli_prints_the_table(tmp_path, monkeypatch, capsys, study):
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["lambda", "expected"] and "encoder" in lines[0] and "joiner" in lines[0]
     assert "supernet.json" in out and len(lines) == 2 + len(candidates) + 1
+
+
+def test_a_truncated_sweep_is_set_aside_and_searched_again(study, caplog):
+    first = stage.ensure_supernet(study)
+    path = study.dir / "supernet.json"
+    path.write_text(path.read_text()[:40])
+    reads = study.data_reads
+    again = stage.ensure_supernet(study)
+    assert study.data_reads > reads and [c.params for c in again] == [c.params for c in first]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mpsearch.artifacts"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "\n" not in warnings[0]
+    assert (study.dir / "supernet-torn.json").is_file()
