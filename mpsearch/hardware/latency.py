@@ -15,7 +15,8 @@ an s8bqat or gq weight is a b-bit index into a table of 2^b int8 centroids that 
 Steps per utterance come from the site's `step` and the Workload: frame -> frames, token -> tokens,
 joint -> frames + tokens (greedy RNN-T runs the joiner once per frame and once per emitted token),
 lm -> `lm_tokens` (default: tokens). With `chunk_frames`, frame sites run once per chunk on
-`chunk_frames` frames at a time (weights read once per chunk), except recurrent `lstm_hh` matrices.
+`chunk_frames` frames at a time (weights read once per chunk), except the recurrent matrices (`lstm_hh`,
+`gru_hh`, `rnn_hh`), which need the previous frame's state.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from mpsearch.hardware.profile import (
 )
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.policy import Policy
-from mpsearch.quant.sites import Site
+from mpsearch.quant.sites import RECURRENT_KINDS, Site
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Workload(Section):
     def steps(self, site: Site) -> tuple[float, int]:
         """(invocations per utterance, frames per invocation) for `site`."""
         if site.step == "frame":
-            if self.chunk_frames and site.kind != "lstm_hh":
+            if self.chunk_frames and site.kind not in RECURRENT_KINDS:
                 return self.frames / self.chunk_frames, self.chunk_frames
             return self.frames, 1
         if site.step == "token":

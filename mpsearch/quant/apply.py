@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,15 +16,23 @@ from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.modules import NNAModule
 from mpsearch.quant.nna.numerics import NNANumerics
 from mpsearch.quant.policy import Policy
+from mpsearch.quant.prepare import prepared_configs, prepared_copy
 from mpsearch.quant.quantizers import QUANTIZERS, ActivationQuantizer, WeightQuantizer
+from mpsearch.quant.recurrent import RECURRENT_QUANT_MODULES
 from mpsearch.quant.sites import Site, find_sites
 
 EMULATIONS = ("none", "nna")
+QUANT_SWAPS = {**QUANT_MODULES, **RECURRENT_QUANT_MODULES}
 
 
 def apply(model: nn.Module, policy: Policy, emulation: str = "none",
           numerics: NNANumerics | None = None) -> nn.Module:
     """A deep copy of `model` whose quantized sites run through fake quantizers; `model` is untouched.
+
+    The copy is first rewritten by `mpsearch.quant.prepare.prepare` (weight norm folded, foreign
+    activation classes and nn.MultiheadAttention replaced by their torch / split forms); the policy is
+    written against `find_sites(model)` of the original, and a split attention's q/k/v projections
+    take the config of its in_proj_weight site. Tied weights are quantized alike wherever they are used.
 
     emulation="none": every module with at least one site the policy quantizes is replaced by its
     Quant* counterpart holding the same float parameters; sites resolved to None stay float (an LSTM
@@ -45,26 +52,30 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none",
         raise ConfigError("'numerics' describes the NNA's integer arithmetic; pass it with emulation='nna'.")
     sites = find_sites(model)
     policy.validate(sites, QUANTIZERS.names())
-    per_module: dict[str, dict[str, QuantConfig | None]] = {}
+    site_configs: dict[str, QuantConfig | None] = {}
     for site in sites:
         cfg = policy.resolve(site.name)
         if emulation == "nna":
             nna_convert.check_site(site.name, cfg, numerics or NNANumerics())
         if cfg is not None:
             _check_site_config(site, cfg)
-        per_module.setdefault(site.module, {})[site.param] = cfg
+        site_configs[site.name] = cfg
 
+    model, renames = prepared_copy(model)
+    per_module = prepared_configs(model, renames, site_configs)
     if emulation == "nna":
         for module_name in per_module:
             _check_swappable(model, module_name, model.get_submodule(module_name))
-        return nna_convert.to_nna(copy.deepcopy(model), per_module, numerics or NNANumerics())
-    model = copy.deepcopy(model)
+        return nna_convert.to_nna(model, per_module, numerics or NNANumerics())
     for module_name, configs in per_module.items():
         if all(cfg is None for cfg in configs.values()):
             continue
         module = model.get_submodule(module_name)
         _check_swappable(model, module_name, module)
-        quantized = QUANT_MODULES[_float_class(module)].from_float(module, configs)
+        try:
+            quantized = QUANT_SWAPS[_float_class(module)].from_float(module, configs)
+        except MpsearchError as exc:
+            raise PolicyError(f"Module '{module_name or '<root>'}' ({type(module).__name__}): {exc}") from None
         if module_name == "":
             model = quantized
         else:
@@ -83,11 +94,11 @@ def _check_site_config(site: Site, cfg: QuantConfig) -> None:
 
 
 def _float_class(module: nn.Module) -> type[nn.Module]:
-    for float_class in QUANT_MODULES:
+    for float_class in QUANT_SWAPS:
         if isinstance(module, float_class):
             return float_class
     raise PolicyError(f"No quantized module for {type(module).__name__}; "
-                      f"supported: {', '.join(c.__name__ for c in QUANT_MODULES)}.")
+                      f"supported: {', '.join(c.__name__ for c in QUANT_SWAPS)}.")
 
 
 def _check_swappable(model: nn.Module, module_name: str, module: nn.Module) -> None:
