@@ -34,7 +34,7 @@ from mpsearch.data.tokenizer import CharTokenizer
 from mpsearch.models import build_model
 from mpsearch.quant import Policy, QuantConfig, apply, calibrating
 from mpsearch.quant.nna import calibrate_nna
-from mpsearch.quant.nna.modules import NNAModule
+from mpsearch.quant.nna.base import NNAModule
 
 
 def random_batch(batch: int, frames: int, labels: int, n_mels: int, vocab: int, seed: int) -> tuple:

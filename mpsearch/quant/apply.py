@@ -12,8 +12,8 @@ from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.methods.sparsity import check_sparsity_shape
 from mpsearch.quant.modules import QUANT_MODULES, QuantModule
 from mpsearch.quant.nna import convert as nna_convert
+from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.errors import NNAError
-from mpsearch.quant.nna.modules import NNAModule
 from mpsearch.quant.nna.numerics import NNANumerics
 from mpsearch.quant.policy import Policy
 from mpsearch.quant.prepare import prepared_configs, prepared_copy

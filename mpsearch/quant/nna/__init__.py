@@ -11,10 +11,10 @@ reference executor that proves the emulation bit-exact.
                                            # (ConformerExecutor for a Conformer, CTC or transducer head)
 """
 
+from mpsearch.quant.nna.base import checking_grid
 from mpsearch.quant.nna.calibrate import calibrate_nna, nna_modules
 from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.export import export_int
-from mpsearch.quant.nna.modules import checking_grid
 from mpsearch.quant.nna.numerics import NNANumerics
 
 __all__ = ["NNAError", "NNANumerics", "calibrate_nna", "checking_grid", "export_int", "nna_modules"]

@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.errors import NNAError
-from mpsearch.quant.nna.modules import NNAModule
 
 # Autograd nodes whose output lies on the grid of their input(s): the codes are the input's codes,
 # rearranged, or zero (padding), or max(code, 0).

@@ -7,22 +7,12 @@ from collections.abc import Mapping
 from torch import nn
 
 from mpsearch.quant.config import QuantConfig
+from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.errors import NNAError
+from mpsearch.quant.nna.layers import NNAConv1d, NNAEmbedding, NNALinear, NNAWeighted
 from mpsearch.quant.nna.lstm import NNALSTM
-from mpsearch.quant.nna.modules import (
-    NNAAdd,
-    NNAConv1d,
-    NNAEmbedding,
-    NNAGELU,
-    NNALinear,
-    NNAModule,
-    NNAReLU,
-    NNASigmoid,
-    NNASiLU,
-    NNATanh,
-    NNAWeighted,
-)
 from mpsearch.quant.nna.numerics import NNANumerics
+from mpsearch.quant.nna.ops import NNAGELU, NNAAdd, NNAReLU, NNASigmoid, NNASiLU, NNATanh
 from mpsearch.quant.nna.transformer import (
     NNAGLU,
     NNALayerNorm,

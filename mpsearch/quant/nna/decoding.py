@@ -24,22 +24,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mpsearch.quant.nna.lstm import NNALSTM, IntegerCell
-from mpsearch.quant.nna.modules import (
+from mpsearch.quant.nna.base import NNAModule, grid_checks_on
+from mpsearch.quant.nna.kernels import (
     MAX_PRODUCT,
-    NNAAdd,
-    NNAEmbedding,
-    NNALinear,
-    NNALookup,
-    NNAModule,
-    _checks,
     exact_matmul_dtype,
     integer_matmul,
     lookup,
     matmul_operands,
     requantize_,
 )
+from mpsearch.quant.nna.layers import NNAEmbedding, NNALinear
+from mpsearch.quant.nna.lstm import NNALSTM, IntegerCell
 from mpsearch.quant.nna.numerics import requantize, saturate
+from mpsearch.quant.nna.ops import NNAAdd, NNALookup
 
 Rows = slice | Tensor
 
@@ -176,7 +173,7 @@ def integer_greedy_steps(predictor: nn.Module, joiner: nn.Module, enc_out: Tenso
     parts.update({name: getattr(joiner, name, None) for name in ("add", "activation", "out")})
     kinds = {"embed": NNAEmbedding, "lstm": NNALSTM, "proj": NNALinear, "add": NNAAdd, "activation": NNALookup,
              "out": NNALinear}
-    if _checks["grid"] or any(not isinstance(parts[name], kind) for name, kind in kinds.items()):
+    if grid_checks_on() or any(not isinstance(parts[name], kind) for name, kind in kinds.items()):
         return None
     # Nothing else computes in them (dropout is an Identity under emulation).
     if any(not isinstance(m, nn.Identity) for name, m in predictor.named_children() if name not in parts):

@@ -22,11 +22,13 @@ import torch
 from torch import nn
 
 from mpsearch.artifacts import atomic_path
+from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.calibrate import nna_modules
 from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.fileformat import EXPORT_TYPE, EXPORT_VERSION, HEADER_KEY
+from mpsearch.quant.nna.layers import NNAConv1d, NNAEmbedding, NNALinear
 from mpsearch.quant.nna.lstm import NNALSTM
-from mpsearch.quant.nna.modules import NNAAdd, NNAConv1d, NNAEmbedding, NNALinear, NNALookup, NNAModule
+from mpsearch.quant.nna.ops import NNAAdd, NNALookup
 from mpsearch.quant.nna.transformer import (
     NNAGLU,
     NNALayerNorm,

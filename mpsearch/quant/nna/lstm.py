@@ -24,9 +24,8 @@ from torch.nn.utils.rnn import PackedSequence
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.modules import QuantLSTM
 from mpsearch.quant.nna.errors import NNAError
-from mpsearch.quant.nna.modules import (
+from mpsearch.quant.nna.kernels import (
     MAX_PRODUCT,
-    NNAWeighted,
     act_scale,
     exact_matmul_dtype,
     integer_matmul,
@@ -34,6 +33,7 @@ from mpsearch.quant.nna.modules import (
     matmul_operands,
     multipliers,
 )
+from mpsearch.quant.nna.layers import NNAWeighted
 from mpsearch.quant.nna.numerics import (
     LUT_FUNCTIONS,
     LUT_INPUT_CAPS,
@@ -41,6 +41,7 @@ from mpsearch.quant.nna.numerics import (
     build_lut,
     lut_inputs,
     requantize,
+    rounding_half,
     rounding_shift,
     saturate,
 )
@@ -277,13 +278,6 @@ def step_tables(cell_lut: Tensor, m_ct: Tensor, ct_shift: Tensor, m_h: Tensor, h
     return tanh_codes - n.lut_range[0], hidden.reshape(-1)
 
 
-def _round_shift(total: Tensor, shift, half, rounding: str) -> Tensor:
-    """rounding_shift of a fresh int64 tensor, in place for half_up (`half` = 2^(shift-1))."""
-    if rounding == "half_up":
-        return total.add_(half).bitwise_right_shift_(shift)
-    return rounding_shift(total, shift, rounding)
-
-
 class IntegerCell:
     """One layer's integer LSTM cell prepared for stepping (see the module docstring): everything that
     is the same at every step (multipliers, rounding constants, the gate tables laid out for one
@@ -300,10 +294,9 @@ class IntegerCell:
         device = p["weight_hh"].device
         self.n, self.hidden = n, hidden
         (self.m_ih, self.m_hh), self.gate_shift = p["gate_multipliers"], p["gate_shift"]
-        self.gate_half = (torch.ones_like(self.gate_shift) << self.gate_shift) >> 1
+        self.gate_half = rounding_half(self.gate_shift)
         self.m_fc, self.m_ig = (int(v) for v in p["cell_multipliers"])
         self.cell_shift = int(p["cell_shift"])
-        self.cell_half = (1 << self.cell_shift) >> 1
         table = 1 << n.activation_bits
         # Gate k's table starts at k * table in the flattened (4, table) LUT; the offset also removes lo.
         self.offsets = torch.arange(rows, device=device) // hidden * table - n.act_range[0]
@@ -334,12 +327,12 @@ class IntegerCell:
         if self.acc_saturates:
             pre.clamp_(*n.acc_range)
         pre = pre.mul_(self.m_hh).add_(x_terms)
-        pre = pre.bitwise_right_shift_(self.gate_shift) if n.rounding == "half_up" else \
-            rounding_shift(pre, self.gate_shift, n.rounding)
+        # half_up's constant rides on the input terms already (`input_terms`).
+        pre = rounding_shift(pre, self.gate_shift, n.rounding, in_place=True, half=0)
         gates = lookup(self.luts, pre.clamp_(lo, hi).add_(self.offsets))
         i, f, g, o = gates.split(hidden, dim=1)
         total = torch.addcmul((i * g).mul_(self.m_ig), f, c_q, value=self.m_fc)
-        c_q = _round_shift(total, self.cell_shift, self.cell_half, n.rounding).clamp_(*n.cell_range)
+        c_q = rounding_shift(total, self.cell_shift, n.rounding, in_place=True).clamp_(*n.cell_range)
         index = lookup(self.tanh_columns, c_q - n.cell_range[0]).add_(o).view(-1)
         h = torch.index_select(self.hidden_codes, 0, index, out=None if out is None else out.view(-1))
         return h.view(c_q.shape), c_q

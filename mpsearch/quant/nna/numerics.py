@@ -119,16 +119,28 @@ def signed_range(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-def rounding_shift(x, shift, rounding: str):
+def rounding_half(shift):
+    """2^(shift-1), and 0 for shift 0 (nothing to round): what a shift by `shift` rounds at."""
+    return ((shift * 0 + 1) << shift) >> 1
+
+
+def rounding_shift(x, shift, rounding: str, *, in_place: bool = False, half=None):
     """x / 2^shift rounded to an integer as `rounding` says; x and shift are integer arrays (shift >= 0).
 
     Operators only, so x may be a numpy or a torch int64 array; `>>` is an arithmetic (floor) shift
-    in both.
+    in both. With in_place, x is an array no one else holds and half_up rounds it in place (no new
+    array per pass, for the emulation's hot loops). `half` is the constant half_up adds before the
+    shift, 2^(shift-1) unless given: a caller that folded it into x already passes 0.
     """
-    one = shift * 0 + 1
-    half = (one << shift) >> 1  # 2^(shift-1), and 0 for shift 0 (nothing to round)
     if rounding == "half_up":
-        return (x + half) >> shift
+        half = rounding_half(shift) if half is None else half
+        if not in_place:
+            return (x + half) >> shift
+        if not isinstance(half, int) or half:
+            x += half
+        x >>= shift
+        return x
+    half = rounding_half(shift)
     if rounding == "half_even":
         floor = x >> shift
         rest = x - (floor << shift)

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.errors import NNAError
-from mpsearch.quant.nna.modules import NNAModule, NNAOp, _grad_wanted, act_scale, multipliers
+from mpsearch.quant.nna.gradients import grad_wanted
+from mpsearch.quant.nna.kernels import act_scale, multipliers
 from mpsearch.quant.nna.numerics import (
     NORM_EPS_FRAC_BITS,
     NORM_FRAC_BITS,
@@ -38,6 +40,7 @@ from mpsearch.quant.nna.numerics import (
     softmax_codes,
     softmax_numerator,
 )
+from mpsearch.quant.nna.ops import NNAOp
 from mpsearch.quant.parts import MIN_SCALE
 
 
@@ -106,7 +109,7 @@ class NNALayerNorm(NNAModule, nn.LayerNorm):
             codes = layer_norm_codes(self.input_codes(x), p["gamma"].reshape(-1, *tail),
                                      p["beta"].reshape(-1, *tail), p["eps"], p["multiplier"], p["shift"],
                                      self.numerics, axis=dim)
-        return self.emit(codes, self.out_scale, self.float_op(x) if _grad_wanted() else None)
+        return self.emit(codes, self.out_scale, self.float_op(x) if grad_wanted() else None)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {**super().get_extra_state(), "dim": self.dim}
@@ -143,7 +146,7 @@ class _Product(NNAOp):
         with torch.no_grad():
             acc = saturate(self.integer_op(self.input_codes(a, 0), self.input_codes(b, 1)), n.acc_range)
             codes = requantize(acc, p["multiplier"], p["shift"], n.rounding, n.act_range)
-        return self.emit(codes, self.out_scale, self.float_op(a, b) if _grad_wanted() else None)
+        return self.emit(codes, self.out_scale, self.float_op(a, b) if grad_wanted() else None)
 
 
 class NNAMatMul(_Product):
@@ -232,7 +235,7 @@ class NNASoftmax(NNAOp):
             codes = self.input_codes(x)
             valid = torch.ones_like(codes) if mask is None else mask.expand(codes.shape)
             codes = softmax_codes(codes, valid, self.exp_lut, self.numerator, self.numerics)
-        return self.emit(codes, self.out_scale, self.float_op(x, mask) if _grad_wanted() else None)
+        return self.emit(codes, self.out_scale, self.float_op(x, mask) if grad_wanted() else None)
 
 
 class NNARotary(NNAOp):
@@ -279,7 +282,7 @@ class NNARotary(NNAOp):
         with torch.no_grad():
             cos, sin = self.tables(x.shape[-2], x.shape[-1], x.device)
             codes = rotary_codes(self.input_codes(x), cos, sin, p["multiplier"], p["shift"], self.numerics)
-        return self.emit(codes, self.out_scale, self.float_op(x) if _grad_wanted() else None)
+        return self.emit(codes, self.out_scale, self.float_op(x) if grad_wanted() else None)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {**super().get_extra_state(), "base": self.base}
@@ -330,7 +333,7 @@ class NNAGLU(NNAOp):
             value, gate = self.input_codes(x).chunk(2, dim=self.dim)
             codes = requantize(value * self.lut[gate - n.act_range[0]], p["multiplier"], p["shift"], n.rounding,
                                n.act_range)
-        return self.emit(codes, self.out_scale, F.glu(x, self.dim) if _grad_wanted() else None)
+        return self.emit(codes, self.out_scale, F.glu(x, self.dim) if grad_wanted() else None)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {**super().get_extra_state(), "dim": self.dim}

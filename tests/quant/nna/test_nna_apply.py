@@ -10,8 +10,9 @@ from mpsearch.errors import ConfigError
 from mpsearch.models.ops import Add
 from mpsearch.quant import Policy, QuantConfig, apply, calibrating, find_sites
 from mpsearch.quant.nna import NNAError, NNANumerics, calibrate_nna, checking_grid
+from mpsearch.quant.nna.layers import NNAConv1d, NNAEmbedding, NNALinear
 from mpsearch.quant.nna.lstm import NNALSTM
-from mpsearch.quant.nna.modules import NNAAdd, NNAConv1d, NNAEmbedding, NNALinear, NNAReLU, NNATanh
+from mpsearch.quant.nna.ops import NNAAdd, NNAReLU, NNATanh
 
 W8 = Policy.uniform(QuantConfig(weight_bits=8))
 

@@ -11,7 +11,8 @@ from mpsearch.models.ops import Add, Mask, MatMul, Rotary, Softmax
 from mpsearch.quant import Policy, QuantConfig, apply, find_sites, quantized_sites
 from mpsearch.quant.nna import NNAError, NNANumerics, calibrate_nna, checking_grid, export_int
 from mpsearch.quant.nna.executor import ConformerExecutor
-from mpsearch.quant.nna.modules import NNAAdd, NNAConv1d, NNALinear, NNASiLU
+from mpsearch.quant.nna.layers import NNAConv1d, NNALinear
+from mpsearch.quant.nna.ops import NNAAdd, NNASiLU
 from mpsearch.quant.nna.transformer import (
     NNAGLU,
     NNALayerNorm,

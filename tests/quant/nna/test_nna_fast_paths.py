@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from mpsearch.quant import Policy, QuantConfig, apply
-from mpsearch.quant.nna import NNANumerics, calibrate_nna, checking_grid, modules
+from mpsearch.quant.nna import NNANumerics, calibrate_nna, checking_grid
+from mpsearch.quant.nna import codes as nna_codes
+from mpsearch.quant.nna.codes import GATHER_CHUNK, DeferredValue, TableCodes
 from mpsearch.quant.nna.lstm import SurrogateLSTMLayer, _float_cell
-from mpsearch.quant.nna.modules import GATHER_CHUNK, DeferredValue, NNAAdd, TableCodes
 from mpsearch.quant.nna.numerics import ROUNDINGS, requantize_sum
+from mpsearch.quant.nna.ops import NNAAdd
 
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)
@@ -37,8 +39,8 @@ def test_add_table_equals_requantize_sum(rounding, multiplier_bits, scales):
 @pytest.mark.parametrize("chunk", [GATHER_CHUNK, 7])
 @pytest.mark.parametrize("matmul_dtype", [torch.int8, torch.float32, torch.float64])
 def test_table_codes_gather_and_multiply_as_the_dense_codes(monkeypatch, chunk, matmul_dtype):
-    monkeypatch.setattr(modules, "GATHER_CHUNK", chunk)
-    monkeypatch.setattr(modules, "exact_matmul_dtype", lambda inner, device: matmul_dtype)
+    monkeypatch.setattr(nna_codes, "GATHER_CHUNK", chunk)
+    monkeypatch.setattr(nna_codes, "exact_matmul_dtype", lambda inner, device: matmul_dtype)
     g = torch.Generator().manual_seed(0)
     table = torch.randint(-128, 128, (1 << 16,), generator=g)
     parts = [torch.randint(0, 256, (3, 5, 1, 8), generator=g, dtype=torch.int32) << 8,
@@ -76,7 +78,7 @@ def test_unchecked_forward_equals_the_grid_checked_one(monkeypatch, tiny_rnnt, s
     """Grid checks recover every input from its float value; without them, consumers take codes as
     their producer handed them over: through views, as tables composed (add -> tanh) and gathered
     chunk by chunk into the matmul (tanh -> linear)."""
-    monkeypatch.setattr(modules, "GATHER_CHUNK", 100)
+    monkeypatch.setattr(nna_codes, "GATHER_CHUNK", 100)
     emulated = calibrated(tiny_rnnt, speech, numerics)
     feats, feat_lens, _, _ = speech.evaluation
 
