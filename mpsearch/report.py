@@ -256,12 +256,16 @@ class StudyReport:
         if self.table is None:
             return _note(f"No front: {self.front_missing}")
         from mpsearch.report_figures import front_axis_note, plot_front
+        from mpsearch.search.record import older_baseline_note
 
         table = self.table
         text = (f"<p>{len(table.front)} of {len(table.frame)} distinct complete trials on the front. Trials: "
                 f"{html.escape(self.states.describe())}. Objectives {', '.join(table.objectives)} (all minimised); "
                 f"hypervolume {table.hypervolume:.4g} against the reference point "
                 f"{html.escape(table.reference.describe())}.</p>")
+        older = older_baseline_note(len(table.older_baseline))
+        if older:
+            text += f"<p>{html.escape(older[0].upper() + older[1:])}.</p>"
         if table.duplicates:
             repeats = "; ".join(f"trial {k} by {', '.join(map(str, v))}" for k, v in sorted(table.duplicates.items()))
             text += f"<p>Trials repeating an earlier point, shown once: {html.escape(repeats)}.</p>"

@@ -72,6 +72,7 @@ def print_front(cfg, rows: str = "front", plot: bool = True):
     """Write the front's files and print its table, counts and hypervolume; returns the FrontTable."""
     from mpsearch.search.front_files import write_front
     from mpsearch.search.pareto import format_front_table, interval_summary
+    from mpsearch.search.record import older_baseline_note
     from mpsearch.search.storage import storage_url
 
     table, written = write_front(cfg, plot=plot)
@@ -80,8 +81,9 @@ def print_front(cfg, rows: str = "front", plot: bool = True):
     print(f"\n{len(table.front)} point(s) on the front of {len(table.frame)} distinct complete trial(s) "
           f"({counts['complete']} complete, {counts['failed']} failed)")
     print(f"hypervolume {table.hypervolume:.6g} against the reference point {table.reference.describe()}")
-    for line in interval_summary(table):
-        print(line)
+    for line in [*interval_summary(table), older_baseline_note(len(table.older_baseline))]:
+        if line:
+            print(line)
     print(f"wrote {', '.join(str(p) for p in written)}")
     print(f"browse: optuna-dashboard {storage_url(cfg)}")
     return table
@@ -91,6 +93,7 @@ def run_export(args) -> int:
     from mpsearch.config import StudyConfig
     from mpsearch.search.pareto import METRIC_COLUMNS, format_value, load_front_table
     from mpsearch.search.pick import pick_trial
+    from mpsearch.search.record import older_baseline_note
 
     cfg = StudyConfig.from_yaml(args.study)
     table = load_front_table(cfg)
@@ -102,6 +105,8 @@ def run_export(args) -> int:
     for name in [*table.objectives, *(c for c in METRIC_COLUMNS if c not in table.objectives and c in row),
                  *table.group_columns]:
         print(f"  {name:<28} {format_value(row.get(name))}")
+    if table.older_baseline:
+        print(f"  ({older_baseline_note(len(table.older_baseline))})")
     picked.policy.save(args.out)
     print(f"wrote {args.out}; train it with:  mpsearch train {args.study} --policy {args.out}")
     return 0

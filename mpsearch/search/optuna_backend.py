@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mpsearch.errors import ConfigError, TrialError
+from mpsearch.search.record import Provenance, distinct_complete_count, is_current, point_key
 from mpsearch.search.space import SearchSpace
 from mpsearch.search.warm_start import WarmStart
 
@@ -82,29 +83,31 @@ def open_study(cfg: StudyConfig, space: SearchSpace, heartbeat: bool = True, sam
     return study
 
 
-def enqueue_warm_starts(study: optuna.Study, starts: list[WarmStart]) -> int:
-    """Enqueue each warm start once per study, whatever number of times the search is re-run."""
-    done = set(study.user_attrs.get("enqueued", []))
+def enqueue_warm_starts(study: optuna.Study, starts: list[WarmStart], baseline: str | None = None) -> int:
+    """Enqueue each warm start once per study and float baseline, whatever number of times the search is
+    re-run: a new baseline gets its warm starts again, since its trials are scored anew."""
+    from optuna.trial import TrialState
+
+    stored = study.user_attrs.get("enqueued")
+    # a list is the record of a study searched before its warm starts were kept per baseline
+    by_baseline = dict(stored) if isinstance(stored, dict) else {"": list(stored or [])}
+    done = set(by_baseline.get(baseline or "", []))
+    taken = {point_key(t.system_attrs.get("fixed_params", t.params))
+             for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING,
+                                                                TrialState.COMPLETE))
+             if is_current(t, baseline)}
     added = 0
     for start in starts:
         if start.origin in done:
             continue
-        study.enqueue_trial(start.params, user_attrs={"origin": start.origin}, skip_if_exists=True)
+        if point_key(start.params) not in taken:
+            study.enqueue_trial(start.params, user_attrs={"origin": start.origin})
+            taken.add(point_key(start.params))
+            added += 1
         done.add(start.origin)
-        added += 1
-    study.set_user_attr("enqueued", sorted(done))
+    by_baseline[baseline or ""] = sorted(done)
+    study.set_user_attr("enqueued", by_baseline)
     return added
-
-
-def point_key(params: dict) -> tuple:
-    return tuple(sorted(params.items()))
-
-
-def distinct_complete_count(study: optuna.Study) -> int:
-    """Distinct points among the COMPLETE trials: what a requested trial count counts."""
-    from optuna.trial import TrialState
-
-    return len({point_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))})
 
 
 def target_points(trials: int, space: SearchSpace) -> int:
@@ -121,14 +124,16 @@ def is_replay(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any], dict],
-                   study: optuna.Study, poll_seconds: float = 2.0) -> Callable[[optuna.Trial], tuple[float, ...]]:
+                   study: optuna.Study, poll_seconds: float = 2.0, provenance: Provenance | None = None,
+                   ) -> Callable[[optuna.Trial], tuple[float, ...]]:
     """The Optuna objective: ask the space's parameters, evaluate the policy, store metrics and policy.
 
     A point already evaluated in this study (the sampler proposing it again) is answered from the
     stored trial instead of being trained twice (`copied_from`). A point an earlier trial is still
     training (another worker or process) is not waited for: after `poll_seconds`, so that a sampler
     that insists does not spin, the trial ends PRUNED (`duplicate_of`) and the sampler asks again.
-    Neither counts towards the requested points."""
+    Neither counts towards the requested points. Only trials of the current float baseline answer
+    (record.py); each trial records the baseline and sensitivity keys it is scored with."""
     import optuna
     from optuna.trial import TrialState
 
@@ -136,15 +141,17 @@ def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any
     from mpsearch.search.storage import record_metrics
 
     objectives = cfg.search.objectives
+    provenance = provenance or Provenance.of_study(cfg)
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         stamp(study, trial._trial_id)
+        provenance.stamp(trial)
         params = {p.name: trial.suggest_categorical(p.name, list(p.choices)) for p in space.parameters()}
         if "origin" not in trial.user_attrs:
             trial.set_user_attr("origin", "sampler")
         policy = space.to_policy(params)
         trial.set_user_attr("policy", policy.to_dict())
-        same = _same_point(study, trial.number, params)
+        same = _same_point(study, trial.number, params, provenance.baseline)
         if same is not None and same.state == TrialState.COMPLETE:
             trial.set_user_attr("copied_from", same.number)
             record_metrics(trial, same.user_attrs["metrics"])
@@ -162,19 +169,19 @@ def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any
             trial.set_user_attr("fail_reason", str(exc))
             log.warning("trial %d failed: %s", trial.number, exc)
             raise
-        record_metrics(trial, metrics)
+        record_metrics(trial, provenance.into(metrics))
         return tuple(float(metrics[o]) for o in objectives)
 
     return objective
 
 
-def _same_point(study: optuna.Study, number: int, params: dict):
-    """A COMPLETE trial (with metrics) of the same point, else an earlier-numbered RUNNING one (only
-    earlier: two trials of one point asked at once never both give way), else None."""
+def _same_point(study: optuna.Study, number: int, params: dict, baseline: str | None):
+    """A COMPLETE trial (with metrics) of the same point on `baseline`, else an earlier-numbered RUNNING
+    one (only earlier: two trials of one point asked at once never both give way), else None."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    same = [t for t in trials if t.number != number and t.params == params]
+    same = [t for t in trials if t.number != number and t.params == params and is_current(t, baseline)]
     done = next((t for t in same if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs), None)
     return done or next((t for t in same if t.state == TrialState.RUNNING and t.number < number), None)
 
@@ -189,8 +196,8 @@ class _Budget:
     when this run has trained `max_trained` trials (failures spend it, repeats do not), or after
     MAX_REPLAYS_IN_A_ROW repeats."""
 
-    def __init__(self, target: int, max_trained: int):
-        self.target, self.max_trained = target, max_trained
+    def __init__(self, target: int, max_trained: int, baseline: str | None):
+        self.target, self.max_trained, self.baseline = target, max_trained, baseline
         self.trained = self.replays = 0
         self.lock = threading.Lock()
 
@@ -200,7 +207,7 @@ class _Budget:
                 self.replays += 1
             else:
                 self.trained, self.replays = self.trained + 1, 0
-            if distinct_complete_count(study) >= self.target:
+            if distinct_complete_count(study, self.baseline) >= self.target:
                 study.stop()
             elif self.trained >= self.max_trained:
                 log.warning("stopping: %d trials trained in this run; see the failed trials' fail_reason", self.trained)
@@ -213,23 +220,19 @@ class _Budget:
 
 def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], evaluate: Callable[[Any], dict],
                trials: int, workers: int = 1, progress: bool = True) -> optuna.Study:
-    """Run trials until the study holds `trials` distinct complete points (warm starts included)."""
+    """Run trials until the study holds `trials` distinct complete points of the current float baseline
+    (warm starts included)."""
     import optuna
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
-    from mpsearch.search.runs import recover_dead_trials
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line names each failed trial
     study = open_study(cfg, space)
-    requeued = recover_dead_trials(study, space, cfg.search.heartbeat_seconds)
-    if requeued:
-        log.info("re-enqueued %d trials interrupted by a search process that stopped", requeued)
-    added = enqueue_warm_starts(study, starts)
-    if added:
-        log.info("enqueued %d warm-start trials", added)
+    provenance = Provenance.of_study(cfg)
+    baseline = provenance.baseline
+    prepare_search(study, space, starts, cfg, baseline)
     target = target_points(trials, space)
-    done = distinct_complete_count(study)
+    done = distinct_complete_count(study, baseline)
     if done >= target:
         log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
         return study
@@ -246,10 +249,27 @@ def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], ev
             log.info("trial %d (%s): %s", trial.number, trial.user_attrs.get("origin"), values)
 
     # Failures are recorded and do not count; the cap keeps a space that always fails from looping.
-    budget = _Budget(target, max_trained=(target - done) + max(3, math.ceil(0.5 * trials)))
+    budget = _Budget(target, max_trained=(target - done) + max(3, math.ceil(0.5 * trials)), baseline=baseline)
     try:
-        study.optimize(make_objective(cfg, space, evaluate, study), n_trials=None, n_jobs=workers,
+        study.optimize(make_objective(cfg, space, evaluate, study, provenance=provenance), n_trials=None, n_jobs=workers,
                        catch=(TrialError,), gc_after_trial=True, callbacks=[on_trial_end, budget])
     finally:
         bar.close()
     return study
+
+
+def prepare_search(study: optuna.Study, space: SearchSpace, starts: list[WarmStart], cfg: StudyConfig,
+                   baseline: str | None) -> None:
+    """Before a search counts what is done: mark the baseline it scores on (what readers of the study
+    alone take as current), give the points of dead processes back, enqueue this baseline's warm starts."""
+    from mpsearch.search.record import BASELINE
+    from mpsearch.search.runs import recover_dead_trials
+
+    if baseline and study.user_attrs.get(BASELINE) != baseline:
+        study.set_user_attr(BASELINE, baseline)
+    requeued = recover_dead_trials(study, space, cfg.search.heartbeat_seconds)
+    if requeued:
+        log.info("re-enqueued %d trials interrupted by a search process that stopped", requeued)
+    added = enqueue_warm_starts(study, starts, baseline)
+    if added:
+        log.info("enqueued %d warm-start trials", added)

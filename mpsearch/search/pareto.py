@@ -3,7 +3,7 @@ point, and the table every downstream command (front, export, analysis scripts) 
 
 All objectives are minimised. Only COMPLETE trials with finite values enter the front; trials that
 repeat another trial's parameters, policy and values (a retried trial) appear once, under the lowest
-trial number.
+trial number. Only trials of the current float baseline are read (record.py); the others are counted.
 """
 
 from __future__ import annotations
@@ -171,19 +171,26 @@ class FrontTable:
     duplicates: dict[int, list[int]] = field(default_factory=dict)
     # the uniform 8-bit trial's per-utterance errors, which every row's paired difference is taken against
     reference_utterances: dict | None = field(default=None, repr=False)
+    # trials scored on another float baseline than the current one, left out of everything above
+    older_baseline: list[int] = field(default_factory=list)
 
     @classmethod
     def from_study(cls, study: optuna.Study, objectives: Sequence[str],
-                   reference_point: Mapping[str, float] | None = None) -> FrontTable:
+                   reference_point: Mapping[str, float] | None = None, baseline: str | None = None) -> FrontTable:
+        """The table of the trials scored on `baseline` (default: the baseline the study's latest search
+        scored on; with neither, every trial)."""
         import pandas as pd
         from optuna.trial import TrialState
+
+        from mpsearch.search.record import split_by_baseline, study_baseline
 
         objectives = tuple(objectives)
         if len(study.directions) != len(objectives):
             raise MpsearchError(f"Study '{study.study_name}' stores {len(study.directions)} objective(s) but "
                                 f"search.objectives lists {len(objectives)} ({', '.join(objectives)}); restore the "
                                 "objectives the search ran with, or search again under a new study name.")
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        current, older = split_by_baseline(study.get_trials(deepcopy=False), baseline or study_baseline(study))
+        trials = {t.number: t for t in current}
         states: dict[str, int] = {}
         for t in trials.values():
             states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
@@ -217,7 +224,7 @@ class FrontTable:
         if duplicates:
             log.debug("trials repeating an earlier point, shown once: %s", duplicates)
         return cls(study.study_name, objectives, frame, reference, volume, states, trials, duplicates,
-                   reference_utterances)
+                   reference_utterances, [t.number for t in older])
 
     # --- views --------------------------------------------------------------------------------------------
     @property
@@ -267,15 +274,22 @@ class FrontTable:
             "distinct_points": len(self.frame),
             "front": self.front_numbers(),
             "duplicates": {str(k): v for k, v in sorted(self.duplicates.items())},
+            "older_baseline": len(self.older_baseline),
         }
 
 
 def load_front_table(cfg: StudyConfig) -> FrontTable:
-    """The FrontTable of the study's stored trials; an error when no trial has completed yet."""
+    """The FrontTable of the study's stored trials of its current float baseline; an error when none has
+    completed yet."""
+    from mpsearch.search.record import current_baseline, older_baseline_note
     from mpsearch.search.storage import fail_reason, load_trials_study, storage_url
 
     study = load_trials_study(cfg)
-    table = FrontTable.from_study(study, cfg.search.objectives, cfg.search.reference_point)
+    table = FrontTable.from_study(study, cfg.search.objectives, cfg.search.reference_point,
+                                  baseline=current_baseline(cfg, study))
+    if table.frame.empty and table.older_baseline:
+        raise MpsearchError(f"No complete trial in study '{cfg.name}' on its current float baseline: "
+                            f"{older_baseline_note(len(table.older_baseline))}.")
     if table.frame.empty:
         failed = [t for t in table.trials.values() if t.state.name == "FAIL"]
         reason = ""

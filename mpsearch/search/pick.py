@@ -51,6 +51,10 @@ def pick_trial(table: FrontTable, *, trial: int | None = None, pick: str | None 
 
 
 def by_number(table: FrontTable, number: int) -> PickedTrial:
+    if number in table.older_baseline:
+        raise MpsearchError(f"Trial {number} of study '{table.study_name}' was scored on an older float baseline, "
+                            "so its numbers no longer hold; pick a trial of the current one, e.g. one on the front: "
+                            f"{_numbers(table.front_numbers())}.")
     if number not in table.trials:
         known = sorted(table.trials)
         span = f"trials {known[0]}-{known[-1]}" if known else "no trials"

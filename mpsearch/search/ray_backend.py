@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 from mpsearch.errors import MpsearchError, TrialError
 from mpsearch.search.optuna_backend import (
     MAX_REPLAYS_IN_A_ROW,
-    distinct_complete_count,
-    enqueue_warm_starts,
     make_sampler,
     open_study,
-    point_key,
+    prepare_search,
     target_points,
 )
-from mpsearch.search.runs import INTERRUPTED, Heartbeat, give_back, recover_dead_trials, stamp
+from mpsearch.search.record import Provenance, distinct_complete_count, is_current, point_key
+from mpsearch.search.runs import INTERRUPTED, Heartbeat, give_back, stamp
 from mpsearch.search.space import SearchSpace
 from mpsearch.search.storage import record_metrics
 from mpsearch.search.warm_start import WarmStart
@@ -68,19 +67,16 @@ DUPLICATE_BACKOFF_SECONDS = 2.0
 
 def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trials: int, workers: int = 1,
             address: str | None = None, progress: bool = True) -> optuna.Study:
-    """Run Ray trials until the study holds `trials` distinct complete points (warm starts included)."""
+    """Run Ray trials until the study holds `trials` distinct complete points of the current float
+    baseline (warm starts included)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, space, heartbeat=False)
-    requeued = recover_dead_trials(study, space, cfg.search.heartbeat_seconds)
-    if requeued:
-        log.info("re-enqueued %d trials interrupted by a search process that stopped", requeued)
-    added = enqueue_warm_starts(study, starts)
-    if added:
-        log.info("enqueued %d warm-start trials", added)
+    provenance = Provenance.of_study(cfg)
+    prepare_search(study, space, starts, cfg, provenance.baseline)
     target = target_points(trials, space)
-    done = distinct_complete_count(study)
+    done = distinct_complete_count(study, provenance.baseline)
     if done >= target:
         log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
         return study
@@ -103,7 +99,8 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
             path.mkdir(parents=True, exist_ok=True)
             (path / REQUEST_FILE).write_text(json.dumps(request))
             budget = (target - done) + max(3, math.ceil(0.5 * trials))
-            searcher = StudySearcher(cfg, space, trials=trials, workers=workers, new_trial_budget=budget)
+            searcher = StudySearcher(cfg, space, trials=trials, workers=workers, new_trial_budget=budget,
+                                     provenance=provenance)
             # No max_concurrent_trials: its ConcurrencyLimiter is snapshotted with the trials in flight and,
             # restored without them, would wait for them forever. The searcher limits concurrency itself.
             tuner = tune.Tuner(
@@ -117,7 +114,7 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         with Heartbeat(study, interval=max(1, cfg.search.heartbeat_seconds // 3),
                        recover=(space, cfg.search.heartbeat_seconds)), \
-                _progress_bar(study, target, done, enabled=progress):
+                _progress_bar(study, target, done, enabled=progress, baseline=provenance.baseline):
             tuner.fit()
         # A finished experiment is never restored: a later request (more trials) starts a new one.
         (path / FINISHED_FILE).write_text("")
@@ -136,9 +133,10 @@ class StudySearcher(OptunaSearch):
     (`copied_from`), one a Ray trial of this driver is scoring is answered when it ends, and one an
     earlier trial of another process is scoring ends PRUNED (`duplicate_of`); none of them runs or
     counts, and the sampler is asked again. Results are stored with their metrics; a failed trial is
-    FAIL with its `fail_reason`."""
+    FAIL with its `fail_reason`. Only trials of the current float baseline answer or count (record.py)."""
 
-    def __init__(self, cfg: StudyConfig, space: SearchSpace, trials: int, workers: int, new_trial_budget: int):
+    def __init__(self, cfg: StudyConfig, space: SearchSpace, trials: int, workers: int, new_trial_budget: int,
+                 provenance: Provenance | None = None):
         from optuna.distributions import CategoricalDistribution
 
         from mpsearch.search.storage import open_storage
@@ -150,6 +148,7 @@ class StudySearcher(OptunaSearch):
             metric=objectives, mode=["min"] * len(objectives),
             sampler=_resumed_sampler(cfg, storage), study_name=cfg.name, storage=storage)
         self._study_config = cfg
+        self._provenance = provenance or Provenance.of_study(cfg)
         self._search_space = space
         self._target_points = min(trials, space.size())
         self._workers = workers
@@ -163,7 +162,9 @@ class StudySearcher(OptunaSearch):
         from optuna.trial import TrialState
 
         while True:
-            stored = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            stored = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                                    TrialState.RUNNING))
+                      if is_current(t, self._provenance.baseline)]
             complete = [t for t in stored if t.state == TrialState.COMPLETE]
             distinct = {point_key(t.params) for t in complete}
             if len(distinct) >= self._target_points:
@@ -184,6 +185,7 @@ class StudySearcher(OptunaSearch):
             # that the next start-up can tell is dead.
             trial = self._ot_study.ask()
             stamp(self._ot_study, trial._trial_id, beat=True)
+            self._provenance.stamp(trial)
             params = {name: trial.suggest_categorical(name, list(dist.choices)) for name, dist in self._space.items()}
             if "origin" not in trial.user_attrs:
                 trial.set_user_attr("origin", "sampler")
@@ -228,7 +230,7 @@ class StudySearcher(OptunaSearch):
         if result and result.get("failed"):
             self._fail(trial, str(result.get("fail_reason", "the trial failed")))
         elif result and all(result.get(o) is not None for o in objectives):
-            record_metrics(trial, json.loads(result["metrics_json"]))
+            record_metrics(trial, self._provenance.into(json.loads(result["metrics_json"])))
             values = [float(result[o]) for o in objectives]
             self._ot_study.tell(trial, values)
             log.info("trial %d (%s): %s", trial.number, trial.user_attrs.get("origin"),
@@ -337,7 +339,6 @@ def evaluate_trial(config: dict[str, Any], study_config: StudyConfig, workdir: s
 
 
 def _runner(cfg: StudyConfig, cpus: int) -> tuple[TrialRunner, SearchSpace]:
-    from mpsearch.search.objective import TrialRunner
     from mpsearch.study import Study
 
     # The trainer would otherwise set finetune.threads over the CPUs Ray gave this trial.
@@ -346,7 +347,7 @@ def _runner(cfg: StudyConfig, cpus: int) -> tuple[TrialRunner, SearchSpace]:
     key = cfg.model_dump_json()
     if key not in _RUNNERS:
         study = Study(cfg, progress=False)
-        _RUNNERS[key] = (TrialRunner(study), study.search_space())
+        _RUNNERS[key] = (study.trial_runner(), study.search_space())
     return _RUNNERS[key]
 
 
@@ -422,8 +423,8 @@ def _experiment_path(cfg: StudyConfig, request: dict) -> tuple[Path, bool]:
 class _progress_bar:
     """A tqdm bar over the storage's complete trials, polled (Ray's own output is turned off)."""
 
-    def __init__(self, study: optuna.Study, trials: int, done: int, enabled: bool):
-        self.study, self.enabled = study, enabled
+    def __init__(self, study: optuna.Study, trials: int, done: int, enabled: bool, baseline: str | None):
+        self.study, self.enabled, self.baseline = study, enabled, baseline
         self.trials, self.done = trials, done
         self.stop = threading.Event()
 
@@ -444,7 +445,7 @@ class _progress_bar:
         from sqlalchemy.exc import OperationalError
 
         try:
-            count = distinct_complete_count(self.study)
+            count = distinct_complete_count(self.study, self.baseline)
         except OperationalError:  # a locked database this second; the next poll catches up
             return
         self.bar.update(max(0, min(count, self.trials) - self.bar.n))

@@ -9,6 +9,9 @@ What every trial carries (both backends):
   user_attrs["m_<name>"] each number of `metrics` again on its own, for optuna-dashboard's columns
   user_attrs["policy"]   the Policy as `Policy.to_dict()` (so export needs neither model nor space)
   user_attrs["origin"]   "uniform-<bits>", "ilp-<i>", "supernet-<lambda>" or "sampler"
+  user_attrs["baseline"], ["sensitivity"]  the keys of the float baseline and the sensitivity report the
+                         trial is scored with, from its start (metrics carries them too); only the current
+                         baseline's trials count (record.py)
   user_attrs["copied_from"]  on a COMPLETE trial of a point evaluated before: that trial's number (its
                          result copied; it counts for nothing)
   user_attrs["duplicate_of"] on a PRUNED trial: the earlier trial evaluating the same point meanwhile
