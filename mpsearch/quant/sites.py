@@ -108,8 +108,8 @@ def find_sites(model: nn.Module, strict: bool = False) -> list[Site]:
     MultiheadAttention projection, in module order.
 
     A weight held under two names (tied) is one site. Parameters of two or more dims that no site covers
-    (a Conv2d, a raw positional table, ...) stay float and uncounted: they are named in one
-    UncoveredWeightWarning, or a PolicyError with `strict=True`.
+    (a Conv2d, a raw positional table, ...; biases, such as per-head attention biases, aside) stay float
+    and uncounted: they are named in one UncoveredWeightWarning, or a PolicyError with `strict=True`.
     """
     found: list[tuple[Site, Tensor]] = []
     covered: set[str] = set()
@@ -125,7 +125,8 @@ def find_sites(model: nn.Module, strict: bool = False) -> list[Site]:
                         for name, _ in sub.named_parameters()}
     sites = _merge_tied(found)
     uncovered = [f"{name} ({type(model.get_submodule(name.rpartition('.')[0])).__name__})"
-                 for name, p in model.named_parameters() if p.dim() >= 2 and name not in covered]
+                 for name, p in model.named_parameters()
+                 if p.dim() >= 2 and name not in covered and "bias" not in name.rpartition(".")[2]]
     if uncovered:
         message = (f"{len(uncovered)} weight(s) of {type(model).__name__} belong to no quantisable site, so they "
                    f"stay float and the latency model leaves them out: {', '.join(uncovered)}. Sites are the "
