@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "mpsearch.cli.front",
     "mpsearch.cli.supernet",
     "mpsearch.cli.report",
+    "mpsearch.cli.onnx_check",
 ]
 
 

@@ -40,5 +40,8 @@ def train_with_policy(study: Study, policy: Policy, name: str, steps: int | None
 
         export_int(model, out / "model.npz")
         metrics["integer_export"] = str(out / "model.npz")
+        from mpsearch.onnx import export_onnx_if_supported
+
+        export_onnx_if_supported(out / "model.npz")  # model.{encoder,predictor,joiner}.onnx beside it
     write_json(out / "metrics.json", metrics)
     return metrics, out
