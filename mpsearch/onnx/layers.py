@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.onnx.graph import GraphBuilder
+from mpsearch.onnx.graph import GraphBuilder, Shift
 from mpsearch.quant.nna.executor import IntegerModel
 
 
@@ -64,8 +64,8 @@ def embedding(g: GraphBuilder, model: IntegerModel, name: str, tokens: str) -> s
 
     multiplier = per_token(g.const(a[f"{name}.multiplier"][:, None], f"{name}.multiplier"), "token_multiplier")
     product = g.op("Mul", [rows, multiplier], f"{name}.product")
-    token_shift = type(shift)(*(per_token(value, f"token_{field}") for field, value in
-                                zip(("divisor", "half", "tie"), (shift.divisor, shift.half, shift.tie))))
+    token_shift = Shift(per_token(shift.divisor, "token_divisor"), per_token(shift.half, "token_half"),
+                        per_token(shift.tie, "token_tie"))
     out = g.saturate(g.rounding_shift(product, token_shift, f"{name}.rounded"), n.act_range, f"{name}.requant")
     return g.to_int8(out, name)
 

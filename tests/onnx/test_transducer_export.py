@@ -94,3 +94,21 @@ def test_graph_inputs_and_outputs_have_dynamic_batch_and_time(emulated_rnnt, tmp
     assert {i.data_type for i in encoder.graph.initializer} >= {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
     ops = {node.op_type for node in encoder.graph.node}
     assert {"ConvInteger", "MatMulInteger", "Scan"} <= ops and not ops & {"QuantizeLinear", "DequantizeLinear"}
+
+
+def test_an_architecture_without_graphs_is_a_one_line_error():
+    from types import SimpleNamespace
+
+    from mpsearch.onnx import OnnxError
+    from mpsearch.onnx.transducer import transducer_graphs
+
+    with pytest.raises(OnnxError, match="ONNX export covers the RNN-T; this integer export holds 'conformer'"):
+        transducer_graphs(SimpleNamespace(header={"architecture": "conformer"}))
+
+
+def test_importing_the_package_leaves_onnx_and_onnxruntime_unloaded():
+    import subprocess
+    import sys
+
+    code = "import sys, mpsearch.onnx; print(','.join(m for m in ('onnx', 'onnxruntime') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == ""
