@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -11,12 +12,12 @@ from mpsearch.errors import ConfigError, MpsearchError, PolicyError
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.methods.sparsity import check_sparsity_shape
 from mpsearch.quant.modules import QUANT_MODULES, QuantModule
-from mpsearch.quant.nna import convert as nna_convert
 from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.numerics import NNANumerics
+from mpsearch.quant.nna.preflight import Blocker, NNABlockedError, nna_blockers
 from mpsearch.quant.policy import Policy
-from mpsearch.quant.prepare import prepared_configs, prepared_copy
+from mpsearch.quant.prepare import prepared_configs, prepared_copy, swap_modules
 from mpsearch.quant.quantizers import QUANTIZERS, ActivationQuantizer, WeightQuantizer
 from mpsearch.quant.recurrent import RECURRENT_QUANT_MODULES
 from mpsearch.quant.sites import Site, find_sites
@@ -25,8 +26,8 @@ EMULATIONS = ("none", "nna")
 QUANT_SWAPS = {**QUANT_MODULES, **RECURRENT_QUANT_MODULES}
 
 
-def apply(model: nn.Module, policy: Policy, emulation: str = "none",
-          numerics: NNANumerics | None = None) -> nn.Module:
+def apply(model: nn.Module, policy: Policy, emulation: str = "none", numerics: NNANumerics | None = None,
+          example: Any = None, forward: Callable[[nn.Module, Any], Any] | None = None) -> nn.Module:
     """A deep copy of `model` whose quantized sites run through fake quantizers; `model` is untouched.
 
     The copy is first rewritten by `mpsearch.quant.prepare.prepare` (weight norm folded, foreign
@@ -45,6 +46,8 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none",
     the chip's); Linear, Conv1d, Embedding and LSTM become NNA modules, ReLU, Tanh, Sigmoid and op
     modules with `op_name` "add" become integer ops, dropout is removed, and any other leaf module
     is an error. Calibrate the result with `mpsearch.quant.nna.calibrate_nna` before using it.
+    Every blocker is reported at once (one NNABlockedError); with an `example` batch (run as
+    `forward(model, example)`, default `model(*example)`) float arithmetic between modules is found too.
     """
     if emulation not in EMULATIONS:
         raise ConfigError(f"Unknown emulation '{emulation}'; valid choices: {', '.join(EMULATIONS)}.")
@@ -55,8 +58,6 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none",
     site_configs: dict[str, QuantConfig | None] = {}
     for site in sites:
         cfg = policy.resolve(site.name)
-        if emulation == "nna":
-            nna_convert.check_site(site.name, cfg, numerics or NNANumerics())
         if cfg is not None:
             _check_site_config(site, cfg)
         site_configs[site.name] = cfg
@@ -66,7 +67,10 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none",
     if emulation == "nna":
         for module_name in per_module:
             _check_swappable(model, module_name, model.get_submodule(module_name))
-        return nna_convert.to_nna(model, per_module, numerics or NNANumerics())
+        model, blockers = nna_blockers(model, per_module, site_configs, numerics or NNANumerics(), example, forward)
+        if blockers:
+            raise NNABlockedError(type(model).__name__, blockers)
+        return model
     for module_name, configs in per_module.items():
         if all(cfg is None for cfg in configs.values()):
             continue
@@ -76,12 +80,22 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none",
             quantized = QUANT_SWAPS[_float_class(module)].from_float(module, configs)
         except MpsearchError as exc:
             raise PolicyError(f"Module '{module_name or '<root>'}' ({type(module).__name__}): {exc}") from None
-        if module_name == "":
-            model = quantized
-        else:
-            parent_name, _, child = module_name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, quantized)
+        model = swap_modules(model, {module_name: quantized})
     return model
+
+
+def nna_preflight(model: nn.Module, policy: Policy, example: Any, numerics: NNANumerics | None = None,
+                  forward: Callable[[nn.Module, Any], Any] | None = None) -> list[Blocker]:
+    """Every reason `model` under `policy` cannot run on the NNA, from one example batch; [] if none.
+
+    Run it before any training: it converts and traces a copy, and lists each blocker (module, class,
+    why, what to do) instead of stopping at the first.
+    """
+    try:
+        apply(model, policy, emulation="nna", numerics=numerics, example=example, forward=forward)
+    except NNABlockedError as exc:
+        return exc.blockers
+    return []
 
 
 def _check_site_config(site: Site, cfg: QuantConfig) -> None:

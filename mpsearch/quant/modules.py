@@ -305,11 +305,7 @@ class QuantLSTM(QuantModule, nn.LSTM):
         w_hr_t = getattr(self, f"weight_hr_l{layer}{suffix}").t() if self.proj_size > 0 else None
 
         h_quantizer = _entry(self.input_quantizers, hh)
-        quantize_h = h_quantizer is not None and h_quantizer.initialized and not h_quantizer.calibrating
-        observe_h = h_quantizer is not None and (
-            h_quantizer.calibrating
-            or (not h_quantizer.frozen and (self.training or not h_quantizer.initialized)))
-        h_scale = h_quantizer.scale(h) if quantize_h else None  # one scale for every step
+        quantize_h, observe_h, h_scale = hidden_state_plan(h_quantizer, h, self.training)
         hidden = self.hidden_size
         outputs = []
         h0 = h
@@ -331,17 +327,33 @@ class QuantLSTM(QuantModule, nn.LSTM):
             else:
                 h, c = h_new, c_new
             outputs.append(h_new)
-        y = torch.stack(outputs, dim=1)
-        if mask is not None:
-            y = y * mask[:, :, None]
-        if observe_h:
-            # One range update per forward from every hidden state the recurrent matmul consumed
-            # (the quantizer used the range as it was before this batch).
-            seen = y[mask] if mask is not None else y.reshape(-1, y.shape[-1])
-            h_quantizer.observe(torch.cat([h0.detach(), seen.detach()]))
-        if reverse:
-            y = _reverse_padded(y, lengths)
-        return y, h, c
+        return direction_output(outputs, h0, mask, h_quantizer if observe_h else None, reverse, lengths), h, c
+
+
+def hidden_state_plan(quantizer: nn.Module | None, h: Tensor, training: bool) -> tuple[bool, bool, Tensor | None]:
+    """(quantize the hidden state, observe its range, the one scale for every step) of a recurrent
+    matrix whose input quantizer is `quantizer` (None: not quantized)."""
+    if quantizer is None:
+        return False, False, None
+    quantize = quantizer.initialized and not quantizer.calibrating
+    observe = quantizer.calibrating or (not quantizer.frozen and (training or not quantizer.initialized))
+    return quantize, observe, quantizer.scale(h) if quantize else None
+
+
+def direction_output(outputs: list[Tensor], h0: Tensor, mask: Tensor | None, observer: nn.Module | None,
+                     reverse: bool, lengths: Tensor | None) -> Tensor:
+    """The (B, T, H) output of one direction from its per-step states: padding zeroed, in input order.
+
+    `observer` (the hidden-state quantizer, when it observes) gets one range update per forward from
+    every state the recurrent matmul consumed; it used the range as it was before this batch.
+    """
+    y = torch.stack(outputs, dim=1)
+    if mask is not None:
+        y = y * mask[:, :, None]
+    if observer is not None:
+        seen = y[mask] if mask is not None else y.reshape(-1, y.shape[-1])
+        observer.observe(torch.cat([h0.detach(), seen.detach()]))
+    return _reverse_padded(y, lengths) if reverse else y
 
 
 def _entry(table: nn.ModuleDict, key: str) -> nn.Module | None:

@@ -63,13 +63,19 @@ def prepare(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
         replacements[name] = new
         if isinstance(new, SplitMultiheadAttention):
             renames.update(_attention_renames(name, module))
+    return swap_modules(model, replacements), renames
+
+
+def swap_modules(model: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
+    """Put each module of `replacements` (module name -> module) in its place; returns the root, new if
+    the root itself ("") was replaced."""
     for name, new in replacements.items():
         if name == "":
             model = new
         else:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, new)
-    return model, renames
+    return model
 
 
 def prepared_copy(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from mpsearch.quant.modules import QuantModule, _entry, _reverse_padded
+from mpsearch.quant.modules import (
+    QuantModule,
+    _entry,
+    _reverse_padded,
+    direction_output,
+    hidden_state_plan,
+)
 
 
 class _QuantRecurrent(QuantModule):
@@ -92,26 +98,14 @@ class _QuantRecurrent(QuantModule):
         projected = F.linear(x, self.quantized(ih), b_ih)
         w_hh = self.quantized(hh)
         h_quantizer = _entry(self.input_quantizers, hh)
-        quantize_h = h_quantizer is not None and h_quantizer.initialized and not h_quantizer.calibrating
-        observe_h = h_quantizer is not None and (
-            h_quantizer.calibrating
-            or (not h_quantizer.frozen and (self.training or not h_quantizer.initialized)))
-        h_scale = h_quantizer.scale(h) if quantize_h else None
+        quantize_h, observe_h, h_scale = hidden_state_plan(h_quantizer, h, self.training)
         h0, outputs = h, []
         for t, projected_t in enumerate(projected.unbind(1)):
             h_in = h_quantizer.fake_quant(h, h_scale) if quantize_h else h
             h_new = self.cell(projected_t, F.linear(h_in, w_hh, b_hh), h)
             h = torch.where(mask[:, t, None], h_new, h) if mask is not None else h_new
             outputs.append(h_new)
-        y = torch.stack(outputs, dim=1)
-        if mask is not None:
-            y = y * mask[:, :, None]
-        if observe_h:
-            seen = y[mask] if mask is not None else y.reshape(-1, y.shape[-1])
-            h_quantizer.observe(torch.cat([h0.detach(), seen.detach()]))
-        if reverse:
-            y = _reverse_padded(y, lengths)
-        return y, h
+        return direction_output(outputs, h0, mask, h_quantizer if observe_h else None, reverse, lengths), h
 
 
 class QuantGRU(_QuantRecurrent, nn.GRU):

@@ -62,3 +62,17 @@ def test_hf_ctc_models_quantize_every_weight_and_fine_tune(make):
         for param in getattr(module, "weight_quantizers", {}):
             grad = getattr(module, param).grad
             assert grad is not None and grad.abs().sum() > 0, f"{name}.{param}"
+
+
+def test_the_nna_preflight_lists_every_blocker_of_wav2vec2_at_once():
+    from mpsearch.quant.apply import nna_preflight
+
+    blockers = nna_preflight(wav2vec2().eval(), Policy.uniform(QuantConfig(weight_bits=8, act_bits=8)),
+                             (ctc_batch()[0],))
+    kinds = {b.kind for b in blockers}
+    # A group norm and the positional conv's frame trim have no integer version; the residual adds and the
+    # fused attention are float arithmetic between layers. One call names them all.
+    assert {"GroupNorm", "Wav2Vec2SamePadLayer"} <= kinds
+    assert any("AddBackward0" in b.why for b in blockers)
+    assert any("ScaledDotProduct" in b.why for b in blockers)
+    assert not any(b.kind in ("GELUActivation", "ParametrizedConv1d") for b in blockers)

@@ -22,6 +22,7 @@ from mpsearch.quant.nna.transformer import (
     NNARotary,
     NNASoftmax,
 )
+from mpsearch.quant.prepare import swap_modules
 
 NNA_MODULES: dict[type[nn.Module], type[NNAWeighted]] = {
     nn.Linear: NNALinear,
@@ -64,24 +65,27 @@ def float_class(module: nn.Module) -> type[nn.Module] | None:
 
 
 def to_nna(model: nn.Module, per_module: Mapping[str, Mapping[str, QuantConfig | None]],
-           numerics: NNANumerics) -> nn.Module:
-    """Replace, in place, every module of `model` by its NNA version; returns the (possibly new) root."""
+           numerics: NNANumerics, errors: list[tuple[str, nn.Module, NNAError]] | None = None) -> nn.Module:
+    """Replace, in place, every module of `model` by its NNA version; returns the (possibly new) root.
+
+    With `errors`, a module that has no NNA version is left as it is and (name, module, error) appended.
+    """
     replacements: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if any(name.startswith(done + ".") for done in replacements if done):
             continue
-        new = _replacement(name, module, per_module, numerics)
+        try:
+            new = _replacement(name, module, per_module, numerics)
+        except NNAError as exc:
+            if errors is None:
+                raise
+            errors.append((name, module, exc))
+            continue
         if new is not None:
             if isinstance(new, NNAModule):
                 new.nna_name = name or "<root>"
             replacements[name] = new
-    for name, new in replacements.items():
-        if name == "":
-            model = new
-        else:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, new)
-    return model
+    return swap_modules(model, replacements)
 
 
 def _replacement(name: str, module: nn.Module, per_module: Mapping[str, Mapping[str, QuantConfig | None]],
