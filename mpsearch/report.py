@@ -167,11 +167,13 @@ class StudyReport:
     def _heartbeat_ages(self) -> dict[int, float]:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from mpsearch.search.storage import load_trials_study
+        from mpsearch.search.runs import heartbeat_ages
+        from mpsearch.search.storage import open_storage
 
         try:
-            return heartbeat_ages(load_trials_study(self.cfg))
-        except (MpsearchError, SQLAlchemyError) as exc:  # no heartbeat table: every trial judged by its start
+            storage = open_storage(self.cfg, read_only=True)
+            return heartbeat_ages(storage, storage.get_study_id_from_name(self.cfg.name))
+        except (MpsearchError, SQLAlchemyError, KeyError) as exc:  # no heartbeat table: every trial judged by its start
             log.debug("no heartbeats read: %s", exc)
             return {}
 
@@ -359,14 +361,6 @@ class StudyReport:
 
 
 # --- trial states -----------------------------------------------------------------------------------------
-def heartbeat_ages(study) -> dict[int, float]:
-    """Seconds since the last heartbeat of each RUNNING trial that has one, by trial number."""
-    from mpsearch.search import runs
-
-    ages = runs.heartbeat_ages(study)
-    return {t.number: ages[t._trial_id] for t in study.get_trials(deepcopy=False) if t._trial_id in ages}
-
-
 def trial_states(trials, ages: dict[int, float], grace_seconds: float,
                  now: datetime | None = None) -> TrialStates:
     """Count trials by state, telling a RUNNING trial whose heartbeat is older than `grace_seconds` (or

@@ -10,16 +10,22 @@ and a resumed or repeated search still adds the points it was asked for.
 from __future__ import annotations
 
 import logging
-import math
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mpsearch.errors import ConfigError, TrialError
-from mpsearch.search.record import Provenance, distinct_complete_count, is_current, point_key
-from mpsearch.search.space import SearchSpace
+from mpsearch.search.record import (
+    Budget,
+    Provenance,
+    TrialRecord,
+    check_stamp,
+    distinct_complete_count,  # noqa: F401  (its old home; callers import it here)
+    is_replay,
+    retry_budget,
+)
 from mpsearch.search.warm_start import WarmStart
+from mpsearch.space import SearchSpace
 
 if TYPE_CHECKING:
     import optuna
@@ -51,9 +57,11 @@ def _population(n_objectives: int) -> int:
     return 8 if n_objectives <= 2 else 12
 
 
-def open_study(cfg: StudyConfig, space: SearchSpace, heartbeat: bool = True, sampler=None) -> optuna.Study:
-    """The stored study (created on first use, its objectives named for dashboards). A study stored with
-    other objectives or another search space is an error: its trials would not be comparable.
+def open_record(cfg: StudyConfig, space: SearchSpace, heartbeat: bool = True, sampler=None,
+                provenance: Provenance | None = None) -> TrialRecord:
+    """The stored study's record (the study created on first use, its objectives named for dashboards).
+    A study stored with other objectives or another search space is an error: its trials would not be
+    comparable.
 
     The sampler's seed is `search.seed` plus the number of trials already stored: a fresh study is
     reproducible, and a resumed one does not replay the proposals its earlier runs already made."""
@@ -65,49 +73,15 @@ def open_study(cfg: StudyConfig, space: SearchSpace, heartbeat: bool = True, sam
     objectives = list(cfg.search.objectives)
     study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
                                 directions=["minimize"] * len(objectives))
-    stamp = {"objectives": objectives, "space": space.describe()}
-    stored = {k: study.user_attrs.get(k) for k in stamp}
-    if all(v is None for v in stored.values()):
-        for key, value in stamp.items():
-            study.set_user_attr(key, value)
-    else:
-        changed = [k for k in stamp if stored[k] != stamp[k]]
-        if changed:
-            raise ConfigError(
-                f"The study '{cfg.name}' in {storage_url(cfg)} was searched with other {' and '.join(changed)}; "
-                "give the study a new name (or search.storage), or delete its trials to start over.")
-    if study.metric_names != objectives:
-        study.set_metric_names(objectives)
+    check_stamp(study, cfg, space, storage_url(cfg))
     study.sampler = sampler or make_sampler(cfg.search.sampler, cfg.search.seed + len(study.get_trials(deepcopy=False)),
                                             len(objectives))
-    return study
+    return TrialRecord(study, storage, cfg, space, provenance)
 
 
-def enqueue_warm_starts(study: optuna.Study, starts: list[WarmStart], baseline: str | None = None) -> int:
-    """Enqueue each warm start once per study and float baseline, whatever number of times the search is
-    re-run: a new baseline gets its warm starts again, since its trials are scored anew."""
-    from optuna.trial import TrialState
-
-    stored = study.user_attrs.get("enqueued")
-    # a list is the record of a study searched before its warm starts were kept per baseline
-    by_baseline = dict(stored) if isinstance(stored, dict) else {"": list(stored or [])}
-    done = set(by_baseline.get(baseline or "", []))
-    taken = {point_key(t.system_attrs.get("fixed_params", t.params))
-             for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING,
-                                                                TrialState.COMPLETE))
-             if is_current(t, baseline)}
-    added = 0
-    for start in starts:
-        if start.origin in done:
-            continue
-        if point_key(start.params) not in taken:
-            study.enqueue_trial(start.params, user_attrs={"origin": start.origin})
-            taken.add(point_key(start.params))
-            added += 1
-        done.add(start.origin)
-    by_baseline[baseline or ""] = sorted(done)
-    study.set_user_attr("enqueued", by_baseline)
-    return added
+def open_study(cfg: StudyConfig, space: SearchSpace, heartbeat: bool = True, sampler=None) -> optuna.Study:
+    """The stored Optuna study (open_record's)."""
+    return open_record(cfg, space, heartbeat=heartbeat, sampler=sampler).study
 
 
 def target_points(trials: int, space: SearchSpace) -> int:
@@ -118,13 +92,7 @@ def target_points(trials: int, space: SearchSpace) -> int:
     return min(trials, space.size())
 
 
-def is_replay(trial: optuna.trial.FrozenTrial) -> bool:
-    """A trial the sampler asked for a point already evaluated, or being evaluated by an earlier trial."""
-    return "copied_from" in trial.user_attrs or "duplicate_of" in trial.user_attrs
-
-
-def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any], dict],
-                   study: optuna.Study, poll_seconds: float = 2.0, provenance: Provenance | None = None,
+def make_objective(record: TrialRecord, evaluate: Callable[[Any], dict], poll_seconds: float = 2.0,
                    ) -> Callable[[optuna.Trial], tuple[float, ...]]:
     """The Optuna objective: ask the space's parameters, evaluate the policy, store metrics and policy.
 
@@ -137,85 +105,34 @@ def make_objective(cfg: StudyConfig, space: SearchSpace, evaluate: Callable[[Any
     import optuna
     from optuna.trial import TrialState
 
-    from mpsearch.search.runs import stamp
-    from mpsearch.search.storage import record_metrics
-
-    objectives = cfg.search.objectives
-    provenance = provenance or Provenance.of_study(cfg)
-
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
-        stamp(study, trial._trial_id)
-        provenance.stamp(trial)
-        params = {p.name: trial.suggest_categorical(p.name, list(p.choices)) for p in space.parameters()}
-        if "origin" not in trial.user_attrs:
-            trial.set_user_attr("origin", "sampler")
-        policy = space.to_policy(params)
-        trial.set_user_attr("policy", policy.to_dict())
-        same = _same_point(study, trial.number, params, provenance.baseline)
+        params = record.begin(trial)
+        same = record.same_point(trial.number, params)
         if same is not None and same.state == TrialState.COMPLETE:
-            trial.set_user_attr("copied_from", same.number)
-            record_metrics(trial, same.user_attrs["metrics"])
-            return tuple(same.values)
+            return record.copy(trial, same)
         if same is not None:
             time.sleep(poll_seconds)
             trial.set_user_attr("duplicate_of", same.number)
             raise optuna.TrialPruned(f"trial {same.number} is evaluating the same point")
         try:
-            metrics = evaluate(policy)
-            missing = [o for o in objectives if o not in metrics]
-            if missing:
-                raise TrialError(f"the trial reports no {', '.join(missing)}; choose objectives the task measures")
+            return record.result(trial, evaluate(record.space.to_policy(params)))
         except TrialError as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            log.warning("trial %d failed: %s", trial.number, exc)
+            record.failure(trial, str(exc))
             raise
-        record_metrics(trial, provenance.into(metrics))
-        return tuple(float(metrics[o]) for o in objectives)
 
     return objective
 
 
-def _same_point(study: optuna.Study, number: int, params: dict, baseline: str | None):
-    """A COMPLETE trial (with metrics) of the same point on `baseline`, else an earlier-numbered RUNNING
-    one (only earlier: two trials of one point asked at once never both give way), else None."""
-    from optuna.trial import TrialState
+class _StopWhenDone:
+    """Optuna callback: the run's Budget spent by each trial that ends; stops the study when exhausted."""
 
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    same = [t for t in trials if t.number != number and t.params == params and is_current(t, baseline)]
-    done = next((t for t in same if t.state == TrialState.COMPLETE and "metrics" in t.user_attrs), None)
-    return done or next((t for t in same if t.state == TrialState.RUNNING and t.number < number), None)
-
-
-# The sampler proposing only evaluated points this many times in a row ends the search: it has
-# converged on them, or the space's remaining points are ones it will not propose.
-MAX_REPLAYS_IN_A_ROW = 100
-
-
-class _Budget:
-    """Optuna callback that stops the search when the study holds `target` distinct complete points, or
-    when this run has trained `max_trained` trials (failures spend it, repeats do not), or after
-    MAX_REPLAYS_IN_A_ROW repeats."""
-
-    def __init__(self, target: int, max_trained: int, baseline: str | None):
-        self.target, self.max_trained, self.baseline = target, max_trained, baseline
-        self.trained = self.replays = 0
-        self.lock = threading.Lock()
+    def __init__(self, record: TrialRecord, budget: Budget):
+        self.record, self.budget = record, budget
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        with self.lock:
-            if is_replay(trial):
-                self.replays += 1
-            else:
-                self.trained, self.replays = self.trained + 1, 0
-            if distinct_complete_count(study, self.baseline) >= self.target:
-                study.stop()
-            elif self.trained >= self.max_trained:
-                log.warning("stopping: %d trials trained in this run; see the failed trials' fail_reason", self.trained)
-                study.stop()
-            elif self.replays >= MAX_REPLAYS_IN_A_ROW:
-                log.warning("stopping: the sampler proposed only points already evaluated %d times in a row",
-                            self.replays)
-                study.stop()
+        self.budget.spent(replay=is_replay(trial))
+        if self.budget.exhausted(self.record.distinct_complete_count()):
+            study.stop()
 
 
 def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], evaluate: Callable[[Any], dict],
@@ -227,15 +144,13 @@ def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], ev
     from tqdm.auto import tqdm
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line names each failed trial
-    study = open_study(cfg, space)
-    provenance = Provenance.of_study(cfg)
-    baseline = provenance.baseline
-    prepare_search(study, space, starts, cfg, baseline)
+    record = open_record(cfg, space)
+    record.prepare(starts, cfg.search.heartbeat_seconds)
     target = target_points(trials, space)
-    done = distinct_complete_count(study, baseline)
+    done = record.distinct_complete_count()
     if done >= target:
         log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
-        return study
+        return record.study
     if workers > 1:
         from mpsearch.runtime import apply_thread_policy
 
@@ -245,31 +160,12 @@ def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], ev
     def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE and not is_replay(trial):
             bar.update(1)
-            values = ", ".join(f"{o}={v:.4g}" for o, v in zip(cfg.search.objectives, trial.values))
-            log.info("trial %d (%s): %s", trial.number, trial.user_attrs.get("origin"), values)
+            record.log_result(trial, trial.values)
 
-    # Failures are recorded and do not count; the cap keeps a space that always fails from looping.
-    budget = _Budget(target, max_trained=(target - done) + max(3, math.ceil(0.5 * trials)), baseline=baseline)
+    stop = _StopWhenDone(record, Budget(target, retry_budget(target, done, trials)))
     try:
-        study.optimize(make_objective(cfg, space, evaluate, study, provenance=provenance), n_trials=None, n_jobs=workers,
-                       catch=(TrialError,), gc_after_trial=True, callbacks=[on_trial_end, budget])
+        record.study.optimize(make_objective(record, evaluate), n_trials=None, n_jobs=workers, catch=(TrialError,),
+                              gc_after_trial=True, callbacks=[on_trial_end, stop])
     finally:
         bar.close()
-    return study
-
-
-def prepare_search(study: optuna.Study, space: SearchSpace, starts: list[WarmStart], cfg: StudyConfig,
-                   baseline: str | None) -> None:
-    """Before a search counts what is done: mark the baseline it scores on (what readers of the study
-    alone take as current), give the points of dead processes back, enqueue this baseline's warm starts."""
-    from mpsearch.search.record import BASELINE
-    from mpsearch.search.runs import recover_dead_trials
-
-    if baseline and study.user_attrs.get(BASELINE) != baseline:
-        study.set_user_attr(BASELINE, baseline)
-    requeued = recover_dead_trials(study, space, cfg.search.heartbeat_seconds)
-    if requeued:
-        log.info("re-enqueued %d trials interrupted by a search process that stopped", requeued)
-    added = enqueue_warm_starts(study, starts, baseline)
-    if added:
-        log.info("enqueued %d warm-start trials", added)
+    return record.study

@@ -25,18 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mpsearch.errors import MpsearchError, TrialError
-from mpsearch.search.optuna_backend import (
-    MAX_REPLAYS_IN_A_ROW,
-    make_sampler,
-    open_study,
-    prepare_search,
-    target_points,
-)
-from mpsearch.search.record import Provenance, distinct_complete_count, is_current, point_key
-from mpsearch.search.runs import INTERRUPTED, Heartbeat, give_back, stamp
-from mpsearch.search.space import SearchSpace
-from mpsearch.search.storage import record_metrics
+from mpsearch.search.optuna_backend import make_sampler, open_record, target_points
+from mpsearch.search.record import Budget, Provenance, TrialRecord, point_key, retry_budget, scored_values
+from mpsearch.search.runs import INTERRUPTED, Heartbeat, give_back
 from mpsearch.search.warm_start import WarmStart
+from mpsearch.space import SearchSpace
 
 try:
     import ray
@@ -72,14 +65,13 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(cfg, space, heartbeat=False)
-    provenance = Provenance.of_study(cfg)
-    prepare_search(study, space, starts, cfg, provenance.baseline)
+    record = open_record(cfg, space, heartbeat=False)
+    record.prepare(starts, cfg.search.heartbeat_seconds)
     target = target_points(trials, space)
-    done = distinct_complete_count(study, provenance.baseline)
+    done = record.distinct_complete_count()
     if done >= target:
         log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
-        return study
+        return record.study
 
     started_ray = _connect(address)
     try:
@@ -98,9 +90,8 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
         else:
             path.mkdir(parents=True, exist_ok=True)
             (path / REQUEST_FILE).write_text(json.dumps(request))
-            budget = (target - done) + max(3, math.ceil(0.5 * trials))
-            searcher = StudySearcher(cfg, space, trials=trials, workers=workers, new_trial_budget=budget,
-                                     provenance=provenance)
+            searcher = StudySearcher(cfg, space, trials=trials, workers=workers,
+                                     new_trial_budget=retry_budget(target, done, trials), provenance=record.provenance)
             # No max_concurrent_trials: its ConcurrencyLimiter is snapshotted with the trials in flight and,
             # restored without them, would wait for them forever. The searcher limits concurrency itself.
             tuner = tune.Tuner(
@@ -112,20 +103,20 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
         log.info("running trials on Ray: %d at once, %d CPU(s) each; experiment in %s", workers, cpus, path)
         # Ray's new console output prints boxes and hints whatever the verbosity; the bar below shows progress.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        with Heartbeat(study, interval=max(1, cfg.search.heartbeat_seconds // 3),
-                       recover=(space, cfg.search.heartbeat_seconds)), \
-                _progress_bar(study, target, done, enabled=progress, baseline=provenance.baseline):
+        with Heartbeat(record, interval=max(1, cfg.search.heartbeat_seconds // 3),
+                       recover_after=cfg.search.heartbeat_seconds), \
+                _progress_bar(record, target, done, enabled=progress):
             tuner.fit()
         # A finished experiment is never restored: a later request (more trials) starts a new one.
         (path / FINISHED_FILE).write_text("")
     finally:
         if started_ray:
             ray.shutdown()
-    return study
+    return record.study
 
 
 class StudySearcher(OptunaSearch):
-    """OptunaSearch that keeps the study's trial contract and its count.
+    """OptunaSearch that keeps the study's trial record (record.py) and its count.
 
     It asks until the storage holds the requested number of distinct complete points (no more than the
     space holds), with at most `workers` Ray trials in flight and never more points open than would
@@ -133,7 +124,10 @@ class StudySearcher(OptunaSearch):
     (`copied_from`), one a Ray trial of this driver is scoring is answered when it ends, and one an
     earlier trial of another process is scoring ends PRUNED (`duplicate_of`); none of them runs or
     counts, and the sampler is asked again. Results are stored with their metrics; a failed trial is
-    FAIL with its `fail_reason`. Only trials of the current float baseline answer or count (record.py)."""
+    FAIL with its `fail_reason`. Only trials of the current float baseline answer or count.
+
+    `_ot_study`, `_storage`, `_ot_trials` and `_completed_trials` are OptunaSearch's own state, which a
+    Searcher subclass shares (Ray offers no accessor); the storage is the one this class opened."""
 
     def __init__(self, cfg: StudyConfig, space: SearchSpace, trials: int, workers: int, new_trial_budget: int,
                  provenance: Provenance | None = None):
@@ -148,67 +142,46 @@ class StudySearcher(OptunaSearch):
             metric=objectives, mode=["min"] * len(objectives),
             sampler=_resumed_sampler(cfg, storage), study_name=cfg.name, storage=storage)
         self._study_config = cfg
-        self._provenance = provenance or Provenance.of_study(cfg)
         self._search_space = space
-        self._target_points = min(trials, space.size())
+        self._provenance = provenance or Provenance.of_study(cfg)
         self._workers = workers
-        self._new_trial_budget = new_trial_budget
-        self._asked = 0
-        self._replays = 0  # points proposed again in a row, answered from stored trials
+        # each Ray trial this run asks spends the budget (failures too); points answered from the record do not
+        self._budget = Budget(min(trials, space.size()), new_trial_budget)
         self._backoff_until = 0.0
         self._waiting: dict[int, list[optuna.Trial]] = {}  # trial number in flight -> trials of the same point
+        self._record = TrialRecord(self._ot_study, self._storage, cfg, space, self._provenance)
 
     def suggest(self, trial_id: str) -> dict | str | None:
         from optuna.trial import TrialState
 
+        record = self._record
         while True:
-            stored = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                                                    TrialState.RUNNING))
-                      if is_current(t, self._provenance.baseline)]
-            complete = [t for t in stored if t.state == TrialState.COMPLETE]
-            distinct = {point_key(t.params) for t in complete}
-            if len(distinct) >= self._target_points:
-                return Searcher.FINISHED
-            if self._asked >= self._new_trial_budget:
-                log.warning("stopping: %d trials asked in this run and %d of %d distinct points complete; see the "
-                            "failed trials' fail_reason", self._asked, len(distinct), self._target_points)
-                return Searcher.FINISHED
-            if self._replays >= MAX_REPLAYS_IN_A_ROW:
-                log.warning("stopping: the sampler proposed only points already evaluated %d times in a row",
-                            self._replays)
+            distinct = {point_key(t.params) for t in record.trials(TrialState.COMPLETE)}
+            if self._budget.exhausted(len(distinct)):
                 return Searcher.FINISHED
             in_flight = {point_key(t.params) for t in self._ot_trials.values()}
-            if (len(self._ot_trials) >= self._workers or len(distinct | in_flight) >= self._target_points
+            if (len(self._ot_trials) >= self._workers or len(distinct | in_flight) >= self._budget.target
                     or time.monotonic() < self._backoff_until):
                 return None  # ask again when a trial ends (a failed one needs a successor)
-            # Stamped before its point is chosen: a driver killed while the sampler works leaves a trial
-            # that the next start-up can tell is dead.
+            # Stamped (in begin) before its point is chosen: a driver killed while the sampler works
+            # leaves a trial that the next start-up can tell is dead.
             trial = self._ot_study.ask()
-            stamp(self._ot_study, trial._trial_id, beat=True)
-            self._provenance.stamp(trial)
-            params = {name: trial.suggest_categorical(name, list(dist.choices)) for name, dist in self._space.items()}
-            if "origin" not in trial.user_attrs:
-                trial.set_user_attr("origin", "sampler")
-            trial.set_user_attr("policy", self._search_space.to_policy(params).to_dict())
-            scored = next((t for t in complete if t.params == params and "metrics" in t.user_attrs), None)
-            if scored is not None:
-                self._replays += 1
-                self._copy(trial, self._ot_study._storage.get_trial(scored._trial_id))
+            params = record.begin(trial, beat=True)
+            same = record.same_point(trial.number, params)
+            if same is not None and same.state == TrialState.COMPLETE:
+                self._budget.spent(replay=True)
+                self._answer(trial, same)
                 continue
-            scoring = next((t for t in self._ot_trials.values() if t.params == params), None)
-            if scoring is not None:
+            if same is not None and any(t.number == same.number for t in self._ot_trials.values()):
                 # Answered from that trial's result when it ends; meanwhile ask for another point.
-                self._waiting.setdefault(scoring.number, []).append(trial)
+                self._waiting.setdefault(same.number, []).append(trial)
                 continue
-            elsewhere = next((t for t in stored if t.state == TrialState.RUNNING and t.params == params
-                              and t.number < trial.number), None)
-            if elsewhere is not None:  # another search process on this storage is scoring it
-                trial.set_user_attr("duplicate_of", elsewhere.number)
+            if same is not None:  # another search process on this storage is scoring it
+                trial.set_user_attr("duplicate_of", same.number)
                 self._ot_study.tell(trial, state=TrialState.PRUNED)
                 self._backoff_until = time.monotonic() + DUPLICATE_BACKOFF_SECONDS
                 return None
-            self._asked += 1
-            self._replays = 0
+            self._budget.spent(replay=False)
             self._ot_trials[trial_id] = trial
             return params
 
@@ -220,56 +193,52 @@ class StudySearcher(OptunaSearch):
         if trial is None:
             return
         self._completed_trials.add(trial_id)
-        if not self._ot_study._storage.get_trial(trial._trial_id).state.is_finished():
-            self._record(trial, trial_id, result, error)
+        if not self._record.get(trial.number).state.is_finished():
+            self._finish(trial, trial_id, result, error)
         for waiting in self._waiting.pop(trial.number, []):
-            self._copy(waiting, self._ot_study._storage.get_trial(trial._trial_id))
+            self._answer(waiting, self._record.get(trial.number))
 
-    def _record(self, trial: optuna.Trial, trial_id: str, result: dict | None, error: bool) -> None:
-        objectives = self.metric
+    def _finish(self, trial: optuna.Trial, trial_id: str, result: dict | None, error: bool) -> None:
         if result and result.get("failed"):
             self._fail(trial, str(result.get("fail_reason", "the trial failed")))
-        elif result and all(result.get(o) is not None for o in objectives):
-            record_metrics(trial, self._provenance.into(json.loads(result["metrics_json"])))
-            values = [float(result[o]) for o in objectives]
+        elif result and all(result.get(o) is not None for o in self.metric):
+            values = self._record.result(trial, json.loads(result["metrics_json"]))
             self._ot_study.tell(trial, values)
-            log.info("trial %d (%s): %s", trial.number, trial.user_attrs.get("origin"),
-                     ", ".join(f"{o}={v:.4g}" for o, v in zip(objectives, values)))
+            self._record.log_result(trial, values)
         elif error:
             self._fail(trial, f"the Ray trial {trial_id} errored {RETRIES_PER_TRIAL + 1} times (a crashed worker "
                               "or an unexpected exception; see error.txt in its Ray trial folder)")
         else:
             # Stopped before reporting (the experiment was interrupted): give the point back.
-            give_back(self._ot_study, trial._trial_id)
+            give_back(self._record, trial.number)
 
-    def _copy(self, trial: optuna.Trial, source: optuna.trial.FrozenTrial) -> None:
+    def _answer(self, trial: optuna.Trial, source: optuna.trial.FrozenTrial) -> None:
         """End `trial` as `source` (the same point) ended: its result, its failure, or interrupted."""
         from optuna.trial import TrialState
 
-        trial.set_user_attr("copied_from", source.number)
         if source.state == TrialState.COMPLETE:
-            record_metrics(trial, source.user_attrs["metrics"])
-            self._ot_study.tell(trial, source.values)
+            self._ot_study.tell(trial, self._record.copy(trial, source))
             log.info("trial %d (%s): the point of trial %d again; its result copied", trial.number,
                      trial.user_attrs.get("origin"), source.number)
-        elif source.user_attrs.get("fail_reason", "") == INTERRUPTED:
-            give_back(self._ot_study, trial._trial_id)
+            return
+        trial.set_user_attr("copied_from", source.number)
+        if source.user_attrs.get("fail_reason", "") == INTERRUPTED:
+            give_back(self._record, trial.number)
         else:
             self._fail(trial, source.user_attrs.get("fail_reason", f"the same point failed in trial {source.number}"))
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         from optuna.trial import TrialState
 
-        trial.set_user_attr("fail_reason", reason)
+        self._record.failure(trial, reason)
         self._ot_study.tell(trial, state=TrialState.FAIL)
-        log.warning("trial %d failed: %s", trial.number, reason)
 
     # Ray pickles the searcher (tuner.pkl when the Tuner is made, a snapshot while it runs). The sampler
     # may hold a thread lock (Optuna's GA samplers do) and the study and its trials hold the sampler, so
     # none of them is pickled: they are rebuilt from the study's config and its storage where the
     # searcher is unpickled. The storage is the record, and trials in flight at a snapshot are not
     # resumed (their points are re-enqueued), so nothing else is lost.
-    _REBUILT = ("_sampler", "_storage", "_ot_study", "_ot_trials", "_waiting")
+    _REBUILT = ("_sampler", "_storage", "_ot_study", "_ot_trials", "_waiting", "_record")
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in self._REBUILT}
@@ -291,6 +260,7 @@ class StudySearcher(OptunaSearch):
         self._ot_trials = {}
         self._waiting = {}
         self._backoff_until = 0.0
+        self._record = TrialRecord(self._ot_study, self._storage, cfg, self._search_space, self._provenance)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
@@ -328,14 +298,12 @@ def evaluate_trial(config: dict[str, Any], study_config: StudyConfig, workdir: s
     objectives = study_config.search.objectives
     try:
         metrics = runner.run(space.to_policy(config))
-        missing = [o for o in objectives if o not in metrics]
-        if missing:
-            raise TrialError(f"the trial reports no {', '.join(missing)}; choose objectives the task measures")
+        values = scored_values(metrics, objectives)
     except TrialError as exc:
         # Tune insists every result carries the searcher's metrics; `failed` is what the searcher reads.
         tune.report({**{o: math.nan for o in objectives}, "failed": 1, "fail_reason": str(exc)})
         return
-    tune.report({**{o: float(metrics[o]) for o in objectives}, "failed": 0, "metrics_json": json.dumps(metrics)})
+    tune.report({**dict(zip(objectives, values)), "failed": 0, "metrics_json": json.dumps(metrics)})
 
 
 def _runner(cfg: StudyConfig, cpus: int) -> tuple[TrialRunner, SearchSpace]:
@@ -423,8 +391,8 @@ def _experiment_path(cfg: StudyConfig, request: dict) -> tuple[Path, bool]:
 class _progress_bar:
     """A tqdm bar over the storage's complete trials, polled (Ray's own output is turned off)."""
 
-    def __init__(self, study: optuna.Study, trials: int, done: int, enabled: bool, baseline: str | None):
-        self.study, self.enabled, self.baseline = study, enabled, baseline
+    def __init__(self, record: TrialRecord, trials: int, done: int, enabled: bool):
+        self.record, self.enabled = record, enabled
         self.trials, self.done = trials, done
         self.stop = threading.Event()
 
@@ -445,7 +413,7 @@ class _progress_bar:
         from sqlalchemy.exc import OperationalError
 
         try:
-            count = distinct_complete_count(self.study, self.baseline)
+            count = self.record.distinct_complete_count()
         except OperationalError:  # a locked database this second; the next poll catches up
             return
         self.bar.update(max(0, min(count, self.trials) - self.bar.n))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import optuna
 
-    from mpsearch.search.space import SearchSpace
+    from mpsearch.search.record import TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,13 @@ def this_run() -> dict:
     return _this_run
 
 
-def stamp(study: optuna.Study, trial_id: int, beat: bool = False) -> None:
-    """Mark the trial as this process's (and, with `beat`, give it its first heartbeat)."""
-    storage = study._storage
-    storage.set_trial_system_attr(trial_id, RUN_ATTR, this_run())
+def stamp(record: TrialRecord, number: int, beat: bool = False) -> None:
+    """Mark the trial as this process's (and, with `beat`, give it its first heartbeat). A Trial sets no
+    system attrs of its own, so the stamp goes through the study's storage."""
+    trial_id = record.trial_id(number)
+    record.storage.set_trial_system_attr(trial_id, RUN_ATTR, this_run())
     if beat:
-        storage.record_heartbeat(trial_id)
+        record.storage.record_heartbeat(trial_id)
 
 
 def is_this_runs(trial: optuna.trial.FrozenTrial) -> bool:
@@ -101,25 +102,26 @@ def _process_start(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
-def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
-    """Seconds since the last heartbeat of each RUNNING trial that has one, by trial id; the database's
-    own clock, which wrote the heartbeats, measures it."""
+def heartbeat_ages(storage: optuna.storages.BaseStorage, study_id: int) -> dict[int, float]:
+    """Seconds since the last heartbeat of each RUNNING trial that has one, by trial number; the
+    database's own clock, which wrote the heartbeats, measures it. Optuna's storage API reads no
+    heartbeat's age, so this reads the RDB storage's tables (`engine` is RDBStorage's public attribute)."""
     import sqlalchemy as sa
 
-    backend = getattr(study._storage, "_backend", study._storage)  # optuna wraps RDBStorage in a cache
-    engine = getattr(backend, "engine", None)
+    engine = getattr(storage, "engine", None)
     if engine is None:
         return {}
-    trials = sa.table("trials", sa.column("trial_id"), sa.column("study_id"), sa.column("state"))
+    trials = sa.table("trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"),
+                      sa.column("state"))
     beats = sa.table("trial_heartbeats", sa.column("trial_id"), sa.column("heartbeat", sa.DateTime))
-    query = (sa.select(trials.c.trial_id, beats.c.heartbeat)
+    query = (sa.select(trials.c.number, beats.c.heartbeat)
              .join(beats, beats.c.trial_id == trials.c.trial_id)
-             .where(trials.c.study_id == study._study_id, trials.c.state == "RUNNING"))
+             .where(trials.c.study_id == study_id, trials.c.state == "RUNNING"))
     with engine.connect() as connection:
         now = connection.execute(sa.select(sa.func.now())).scalar()
         rows = connection.execute(query).all()
     now = _naive(now)
-    return {trial_id: (now - _naive(beat)).total_seconds() for trial_id, beat in rows}
+    return {number: (now - _naive(beat)).total_seconds() for number, beat in rows}
 
 
 def _naive(moment) -> datetime.datetime:
@@ -139,40 +141,42 @@ def is_dead(trial: optuna.trial.FrozenTrial, heartbeat_age: float | None, grace_
     return started is not None and (datetime.datetime.now() - started).total_seconds() > grace_seconds
 
 
-def recover_dead_trials(study: optuna.Study, space: SearchSpace, grace_seconds: float) -> int:
+def recover_dead_trials(record: TrialRecord, grace_seconds: float) -> int:
     """Fail the RUNNING trials of dead processes, enqueue their points again; returns how many were
     enqueued. A live-looking trial without a heartbeat gets one, so that it goes stale if nobody beats."""
     from optuna.trial import TrialState
 
-    names = {p.name for p in space.parameters()}
-    ages = heartbeat_ages(study)
+    names = {p.name for p in record.space.parameters()}
+    ages = heartbeat_ages(record.storage, record.study_id)
     requeued = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_dead(trial, ages.get(trial._trial_id), grace_seconds):
-            if trial._trial_id not in ages:
-                study._storage.record_heartbeat(trial._trial_id)
+    for trial in record.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_dead(trial, ages.get(trial.number), grace_seconds):
+            if trial.number not in ages:
+                record.storage.record_heartbeat(record.trial_id(trial.number))
             continue
         # Killed in the middle of `ask`, a sampler's trial has only some of its parameters: no point
         # was chosen yet, so there is nothing to run again. An enqueued one keeps its whole point.
         chosen = set(trial.params) == names or "fixed_params" in trial.system_attrs
-        requeued += give_back(study, trial._trial_id, requeue=chosen)
+        requeued += give_back(record, trial.number, requeue=chosen)
     return requeued
 
 
-def give_back(study: optuna.Study, trial_id: int, requeue: bool = True) -> bool:
+def give_back(record: TrialRecord, number: int, requeue: bool = True) -> bool:
     """FAIL a RUNNING trial as interrupted and, with `requeue`, enqueue its point again. True when the
-    point was enqueued; False when the trial was finished meanwhile by its own process."""
+    point was enqueued; False when the trial was finished meanwhile by its own process. The trial may be
+    another process's, so it is written through the storage, which (unlike `Study.tell`) says whether
+    this call or its own process finished it."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    storage = study._storage
+    storage, trial_id = record.storage, record.trial_id(number)
     try:
         storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED if requeue else INTERRUPTED_UNCHOSEN)
         if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:
         return False
-    return requeue and requeue_point(study, storage.get_trial(trial_id))
+    return requeue and requeue_point(record.study, storage.get_trial(trial_id))
 
 
 def requeue_point(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> bool:
@@ -200,11 +204,11 @@ def requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 class Heartbeat:
     """Beats, every `interval` seconds, for the RUNNING trials this process stamped (the Ray driver's:
-    Optuna's own loop beats for its trials itself). With `recover` = (space, grace seconds) it also
+    Optuna's own loop beats for its trials itself). With `recover_after` (grace seconds) it also
     recovers the trials of processes that died meanwhile, as Optuna's loop does when a trial starts."""
 
-    def __init__(self, study: optuna.Study, interval: float, recover: tuple[SearchSpace, float] | None = None):
-        self.study, self.interval, self.recover = study, interval, recover
+    def __init__(self, record: TrialRecord, interval: float, recover_after: float | None = None):
+        self.record, self.interval, self.recover_after = record, interval, recover_after
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="mpsearch-heartbeat", daemon=True)
 
@@ -222,10 +226,10 @@ class Heartbeat:
 
         while not self.stop.wait(self.interval):
             try:
-                for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                for trial in self.record.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     if is_this_runs(trial):
-                        self.study._storage.record_heartbeat(trial._trial_id)
-                if self.recover and recover_dead_trials(self.study, *self.recover):
+                        self.record.storage.record_heartbeat(self.record.trial_id(trial.number))
+                if self.recover_after is not None and recover_dead_trials(self.record, self.recover_after):
                     log.info("re-enqueued trials interrupted by a search process that stopped")
             except SQLAlchemyError as exc:  # a locked database this time; the next beat is soon
                 log.debug("heartbeat skipped: %s", exc)

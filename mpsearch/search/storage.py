@@ -103,15 +103,6 @@ def load_trials_study(cfg: StudyConfig) -> optuna.Study:
         raise ConfigError(_nothing_stored(cfg, storage_url(cfg))) from None
 
 
-def record_metrics(trial: optuna.Trial, metrics: dict) -> None:
-    """Store a trial's metrics: the whole dict (what the front and export read) and each number again as
-    its own `m_<name>` attribute (what optuna-dashboard shows as columns)."""
-    trial.set_user_attr("metrics", metrics)
-    for name, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            trial.set_user_attr(f"m_{name}", value)
-
-
 def _engine_kwargs(url: str) -> dict:
     # Several Ray workers or a resumed process may write at once: wait for SQLite's lock, don't fail.
     return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}

@@ -101,19 +101,20 @@ def test_resume_needs_a_stored_study(tiny_study_yaml, capsys):
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials asked by hand, outside optimize()
 def test_a_point_an_earlier_trial_is_training_is_neither_trained_again_nor_waited_for(tiny_study_yaml):
-    from mpsearch.search.optuna_backend import make_objective, open_study
+    from mpsearch.search.optuna_backend import make_objective, open_record
     from mpsearch.study import Study
 
     cfg = StudyConfig.from_yaml(tiny_study_yaml)
     space = Study(cfg, progress=False).search_space()
-    study = open_study(cfg, space)
+    record = open_record(cfg, space)
+    study = record.study
     point = {p.name: p.choices[0] for p in space.parameters()}
     study.enqueue_trial(point)
     first = study.ask()  # another worker's (or process's) trial of the point, still training
     for p in space.parameters():
         first.suggest_categorical(p.name, list(p.choices))
     evaluated = []
-    objective = make_objective(cfg, space, lambda policy: evaluated.append(policy) or {}, study, poll_seconds=0.01)
+    objective = make_objective(record, lambda policy: evaluated.append(policy) or {}, poll_seconds=0.01)
     study.enqueue_trial(point)
     second = study.ask()
     with pytest.raises(optuna.TrialPruned):

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from mpsearch.cli.main import main
 from mpsearch.config import StudyConfig
-from mpsearch.search.optuna_backend import make_objective, open_study, run_optuna
+from mpsearch.search.optuna_backend import make_objective, open_record, run_optuna
 from mpsearch.search.storage import load_trials_study
 from mpsearch.search.warm_start import uniform_starts
 from mpsearch.study import Study
@@ -85,15 +85,15 @@ def test_a_new_baseline_scores_every_requested_point_again(toy):
 def test_a_re_proposed_point_is_never_answered_from_another_baseline(toy):
     _, cfg, space = toy
     set_baseline(cfg, "A")
-    study = open_study(cfg, space)
+    study = open_record(cfg, space).study
     point = {p.name: p.choices[0] for p in space.parameters()}
     evaluate = Evaluate(cfg)
-    objective = make_objective(cfg, space, evaluate, study, poll_seconds=0.01)
+    objective = make_objective(open_record(cfg, space), evaluate, poll_seconds=0.01)
     study.enqueue_trial(point)
     first = study.ask()
     study.tell(first, objective(first))
     set_baseline(cfg, "B")
-    objective = make_objective(cfg, space, evaluate, study, poll_seconds=0.01)
+    objective = make_objective(open_record(cfg, space), evaluate, poll_seconds=0.01)
     study.enqueue_trial(point)
     second = study.ask()
     values = objective(second)

@@ -12,7 +12,6 @@ pytest.importorskip("ray")
 from optuna.trial import TrialState
 
 from mpsearch.config import StudyConfig
-from mpsearch.search.engine import run_search
 from mpsearch.study import Study
 
 
@@ -22,7 +21,7 @@ def _point(trial) -> tuple:
 
 def _search(study_yaml, trials):
     study = Study(StudyConfig.from_yaml(study_yaml), progress=False)
-    return study, run_search(study, backend="ray", trials=trials, workers=2)
+    return study, study.run("trials", backend="ray", trials=trials, workers=2).trials
 
 
 def test_ray_trials_land_in_the_storage_and_a_larger_request_continues(ray_session, make_study_yaml):
@@ -162,4 +161,4 @@ def test_searcher_pickles_with_a_lock_holding_sampler_and_rebuilds_it(make_study
     searcher.save(str(tmp_path / "searcher.pkl"))
     restored = StudySearcher.__new__(StudySearcher)
     restored.restore(str(tmp_path / "searcher.pkl"))
-    assert restored._target_points == 3 and restored._ot_study.study_name == "tiny"
+    assert restored._budget.target == 3 and restored._ot_study.study_name == "tiny"
