@@ -9,6 +9,7 @@ from torch import nn
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.errors import NNAError
+from mpsearch.quant.nna.gru import NNAGRU
 from mpsearch.quant.nna.layers import NNAConv1d, NNAEmbedding, NNALinear, NNAWeighted
 from mpsearch.quant.nna.lstm import NNALSTM
 from mpsearch.quant.nna.numerics import NNANumerics
@@ -29,6 +30,7 @@ NNA_MODULES: dict[type[nn.Module], type[NNAWeighted]] = {
     nn.Conv1d: NNAConv1d,
     nn.Embedding: NNAEmbedding,
     nn.LSTM: NNALSTM,
+    nn.GRU: NNAGRU,
 }
 # Float ops (torch modules, or model op modules by their `op_name`) -> integer versions.
 NNA_OPS = {nn.ReLU: NNAReLU, nn.Tanh: NNATanh, nn.Sigmoid: NNASigmoid, nn.SiLU: NNASiLU, nn.GELU: NNAGELU,
@@ -91,6 +93,9 @@ def to_nna(model: nn.Module, per_module: Mapping[str, Mapping[str, QuantConfig |
 def _replacement(name: str, module: nn.Module, per_module: Mapping[str, Mapping[str, QuantConfig | None]],
                  numerics: NNANumerics) -> nn.Module | None:
     if name in per_module:
+        if float_class(module) is None:
+            raise NNAError(f"Module '{name}' ({type(module).__name__}) has no NNA integer version; supported: "
+                           f"{supported_names()}.")
         return NNA_MODULES[float_class(module)].from_float(module, per_module[name], numerics)
     if isinstance(module, nn.Dropout):
         return nn.Identity()  # the chip has no dropout; training sees the deployed graph

@@ -1,0 +1,61 @@
+"""NNA emulation of the layers third-party speech models are built from: each one's emulated output
+against the float module within the quantisation error, gradients on every weight, and a clean preflight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mpsearch.quant import Policy, QuantConfig, apply
+from mpsearch.quant.apply import nna_preflight
+from mpsearch.quant.nna import calibrate_nna, checking_grid
+
+W8A8 = Policy.uniform(QuantConfig(weight_bits=8, act_bits=8))
+
+
+def emulate(model: nn.Module, *inputs: torch.Tensor, tolerance: float = 0.1) -> nn.Module:
+    """The NNA version of `model`, calibrated on `inputs`: no blockers, output within `tolerance` (relative)
+    of the float model's, on its producers' grids, and a loss reaching every weight and bias."""
+    model = model.eval()
+    assert nna_preflight(model, W8A8, inputs) == []
+    emulated = apply(model, W8A8, emulation="nna", example=inputs)
+    calibrate_nna(emulated, [inputs])
+    with torch.no_grad():
+        ref = model(*inputs)
+        with checking_grid():
+            out = emulated(*inputs)
+    ref, out = (t[0] if isinstance(t, tuple) else t for t in (ref, out))
+    assert out.shape == ref.shape
+    assert float((out - ref).norm() / ref.norm()) < tolerance
+    emulated.train()
+    out = emulated(*inputs)
+    (out[0] if isinstance(out, tuple) else out).square().sum().backward()
+    for name, param in emulated.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    return emulated
+
+
+class ConvRecurrent(nn.Module):
+    """Conv front end, a recurrent layer and a linear head: the shape of a small streaming CTC model."""
+
+    def __init__(self, rnn: nn.Module, out_features: int):
+        super().__init__()
+        self.conv = nn.Conv1d(6, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.rnn = rnn
+        self.head = nn.Linear(out_features, 5)
+
+    def forward(self, x):
+        y, _ = self.rnn(self.relu(self.conv(x)).transpose(1, 2))
+        return self.head(y)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gru_layers_run_on_the_chip_integers(bidirectional):
+    from mpsearch.quant.nna.gru import NNAGRU
+
+    torch.manual_seed(0)
+    gru = nn.GRU(8, 12, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    emulated = emulate(ConvRecurrent(gru, 24 if bidirectional else 12), torch.randn(3, 6, 10))
+    assert isinstance(emulated.rnn, NNAGRU)
