@@ -7,7 +7,9 @@ Per layer and step, with H hidden units and every code an integer:
   i, f, o = sigmoid LUTs(pre), g = tanh LUT(pre)                             scale 1/127
   c     = sat16(round((f * c * M_fc + i * g * M_ig) / 2^shift_c))            cell state, int16
   h     = sat8(round(o * tanhLUT(sat8(round(c * M_ct / 2^shift_ct))) * M_h / 2^shift_h))
-The hidden state h is one int8 tensor, read by the recurrence and by the next layer alike. Gate and
+The hidden state h is one int8 tensor, read by the recurrence and by the next layer alike. A
+bidirectional layer runs the same cell on the time-reversed input with its own weights and scales; both
+directions' hidden states share the layer's scale, so their concatenation is one int8 tensor. Gate and
 cell-to-tanh input ranges are capped where the LUT output is already saturated (8 for sigmoid, 4 for
 tanh): beyond that the table returns +-127 anyway, so the cap only buys resolution.
 """
@@ -23,6 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.modules import QuantLSTM
+from mpsearch.quant.nna.codes import attach_codes
 from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.kernels import (
     MAX_PRODUCT,
@@ -52,11 +55,13 @@ GATE_FUNCTIONS = ("sigmoid", "sigmoid", "tanh", "sigmoid")
 
 
 class NNALSTM(NNAWeighted, QuantLSTM):
-    """Unidirectional nn.LSTM (no proj_size) computed as the chip computes it; see the module docstring.
+    """nn.LSTM (no proj_size; one or both directions) computed as the chip computes it; see the module
+    docstring. Per-direction buffers are indexed by slot = layer * directions + direction.
 
     Accepts what the model code passes nn.LSTM: batch_first or not, batched or unbatched, an
     optional (h_0, c_0) that an NNA LSTM returned before (its codes are recovered exactly). The
-    `dropout` between layers is not applied: the chip has none.
+    `dropout` between layers is not applied: the chip has none. The reverse direction of a padded
+    utterance starts on its padding (the chip runs one utterance unpadded).
     """
 
     float_class = nn.LSTM
@@ -64,34 +69,47 @@ class NNALSTM(NNAWeighted, QuantLSTM):
     @classmethod
     def from_float(cls, module: nn.Module, configs: Mapping[str, QuantConfig | None],
                    numerics: NNANumerics | None = None):
-        if isinstance(module, nn.LSTM) and (module.bidirectional or module.proj_size):
-            raise NNAError("NNA emulation runs unidirectional LSTMs without proj_size; "
-                           "use a streaming (unidirectional) LSTM with proj_size 0.")
+        if isinstance(module, nn.LSTM) and module.proj_size:
+            raise NNAError("NNA emulation runs LSTMs without proj_size; use proj_size 0 (a Linear after the "
+                           "LSTM projects the same way).")
         new = super().from_float(module, configs, numerics)
-        layers, device = new.num_layers, new.weight_ih_l0.device
+        layers, slots, device = new.num_layers, new.slots, new.weight_ih_l0.device
         for name, shape, dtype in (
-            ("gate_scales", (layers, 4), torch.float32), ("cell_scales", (layers,), torch.float32),
-            ("cell_tanh_scales", (layers,), torch.float32), ("hidden_scales", (layers,), torch.float32),
-            ("gate_luts", (layers, 4, 1 << new.numerics.activation_bits), torch.int64),
-            ("cell_luts", (layers, 1 << new.numerics.activation_bits), torch.int64),
-            ("cell_multipliers", (layers, 2), torch.int64), ("cell_shift", (layers,), torch.int64),
-            ("cell_tanh_multiplier", (layers,), torch.int64), ("cell_tanh_shift", (layers,), torch.int64),
-            ("hidden_multiplier", (layers,), torch.int64), ("hidden_shift", (layers,), torch.int64),
+            ("gate_scales", (slots, 4), torch.float32), ("cell_scales", (slots,), torch.float32),
+            ("cell_tanh_scales", (slots,), torch.float32), ("hidden_scales", (layers,), torch.float32),
+            ("gate_luts", (slots, 4, 1 << new.numerics.activation_bits), torch.int64),
+            ("cell_luts", (slots, 1 << new.numerics.activation_bits), torch.int64),
+            ("cell_multipliers", (slots, 2), torch.int64), ("cell_shift", (slots,), torch.int64),
+            ("cell_tanh_multiplier", (slots,), torch.int64), ("cell_tanh_shift", (slots,), torch.int64),
+            ("hidden_multiplier", (slots,), torch.int64), ("hidden_shift", (slots,), torch.int64),
         ):
             new.register_buffer(name, torch.ones(shape, dtype=dtype, device=device))
-        # Derived from those by prepare(), so not saved: per layer, the two tables of `step_tables`.
+        # Derived from those by prepare(), so not saved: per slot, the two tables of `step_tables`.
         n = new.numerics
         for name, size in (("cell_tanh_columns", 1 << n.cell_state_bits),
                            ("hidden_luts", 1 << (2 * n.lut_bits))):
-            new.register_buffer(name, torch.zeros(layers, size, dtype=torch.int64, device=device),
+            new.register_buffer(name, torch.zeros(slots, size, dtype=torch.int64, device=device),
                                 persistent=False)
         return new
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def slots(self) -> int:
+        """Layer-directions, in torch's order (layer 0 forward, layer 0 reverse, layer 1 forward, ...)."""
+        return self.num_layers * self.directions
+
+    def _tag(self, slot: int) -> str:
+        layer, direction = divmod(slot, self.directions)
+        return f"l{layer}{'_reverse' if direction else ''}"
 
     # --- calibration -------------------------------------------------------------------------
     def reset_observations(self) -> None:
         super().reset_observations()
-        self._observed_gates = torch.zeros(self.num_layers, 4, dtype=torch.float64)
-        self._observed_cell = torch.zeros(self.num_layers, dtype=torch.float64)
+        self._observed_gates = torch.zeros(self.slots, 4, dtype=torch.float64)
+        self._observed_cell = torch.zeros(self.slots, dtype=torch.float64)
         self._observed_hidden = torch.zeros(self.num_layers, dtype=torch.float64)
 
     def freeze_output(self, uses: list) -> None:
@@ -100,19 +118,20 @@ class NNALSTM(NNAWeighted, QuantLSTM):
             raise NNAError(f"'{self.nna_name}' saw no data during calibration; calibrate with batches that "
                            "run every part of the model (a forward that computes the loss does).")
         n = self.numerics
-        for layer in range(self.num_layers):
+        for layer in range(self.slots):  # a slot is a layer-direction
             for gate, fn in enumerate(GATE_FUNCTIONS):
                 self.gate_scales[layer, gate] = act_scale(float(self._observed_gates[layer, gate]), n,
                                                           LUT_INPUT_CAPS[fn])
             cell = float(self._observed_cell[layer])
             self.cell_scales[layer] = max(cell / n.cell_range[1], MIN_SCALE)
             self.cell_tanh_scales[layer] = act_scale(cell, n, LUT_INPUT_CAPS["tanh"])
+        for layer in range(self.num_layers):
             self.hidden_scales[layer] = act_scale(float(self._observed_hidden[layer]), n)
         self.out_scale.copy_(self.hidden_scales[-1])
 
     def prepare(self) -> None:
         n, unit, device = self.numerics, self.numerics.unit_scale, self.gate_scales.device
-        for layer in range(self.num_layers):
+        for layer in range(self.slots):  # a slot is a layer-direction
             for gate, fn in enumerate(GATE_FUNCTIONS):
                 self.gate_luts[layer, gate] = torch.from_numpy(build_lut(
                     LUT_FUNCTIONS[fn], float(self.gate_scales[layer, gate]), unit, n.activation_bits,
@@ -127,49 +146,60 @@ class NNALSTM(NNAWeighted, QuantLSTM):
             self.cell_shift[layer] = shift
             (m_ct,), shift = multipliers([cell / self.cell_tanh_scales[layer].double()], n, device)
             self.cell_tanh_multiplier[layer], self.cell_tanh_shift[layer] = m_ct, shift
-            (m_h,), shift = multipliers([unit * unit / self.hidden_scales[layer].double()], n, device)
+            hidden_scale = self.hidden_scales[layer // self.directions].double()
+            (m_h,), shift = multipliers([unit * unit / hidden_scale], n, device)
             self.hidden_multiplier[layer], self.hidden_shift[layer] = m_h, shift
             self.cell_tanh_columns[layer], self.hidden_luts[layer] = step_tables(
                 self.cell_luts[layer], m_ct, self.cell_tanh_shift[layer], m_h, shift, n)
 
     def _calibrate(self, x: Tensor, hx: tuple[Tensor, Tensor] | None):
         self.see_input(0, x)
-        batch, hidden = x.shape[0], self.hidden_size
         h_n, c_n = [], []
         for layer in range(self.num_layers):
-            h, c = self._initial_float(hx, layer, batch, x)
-            projected = F.linear(x, self.quantized(f"weight_ih_l{layer}"), self._float_bias(layer))
-            w_hh_t = self.quantized(f"weight_hh_l{layer}").t()
-            gate_peak = torch.zeros(4, dtype=x.dtype, device=x.device)
-            cell_peak = torch.zeros((), dtype=x.dtype, device=x.device)
             outputs = []
-            for projected_t in projected.unbind(1):
-                gates = projected_t + h @ w_hh_t
-                per_gate = gates.detach().abs().reshape(batch, 4, hidden).amax(dim=(0, 2))
-                gate_peak = torch.maximum(gate_peak, per_gate)
-                h, c = _float_cell(gates, c, hidden)
-                cell_peak = torch.maximum(cell_peak, c.detach().abs().max())
-                outputs.append(h)
-            x = torch.stack(outputs, dim=1)
-            self._observed_gates[layer] = torch.maximum(self._observed_gates[layer], gate_peak.cpu().double())
-            self._observed_cell[layer] = max(float(self._observed_cell[layer]), float(cell_peak))
+            for direction in range(self.directions):
+                y, h, c = self._calibrate_direction(x.flip(1) if direction else x, layer * self.directions + direction,
+                                                    hx)
+                outputs.append(y.flip(1) if direction else y)
+                h_n.append(h)
+                c_n.append(c)
+            x = outputs[0] if self.directions == 1 else torch.cat(outputs, dim=2)
             hidden_peak = float(x.detach().abs().max())
             self._observed_hidden[layer] = max(float(self._observed_hidden[layer]), hidden_peak)
-            h_n.append(h)
-            c_n.append(c)
         self.see_output(x, observe=False)
         return x, torch.stack(h_n), torch.stack(c_n)
 
+    def _calibrate_direction(self, x: Tensor, slot: int, hx: tuple[Tensor, Tensor] | None):
+        """The float layer-direction `slot` on time-ordered input, observing its gate and cell ranges."""
+        batch, hidden, tag = x.shape[0], self.hidden_size, self._tag(slot)
+        h, c = self._initial_float(hx, slot, batch, x)
+        projected = F.linear(x, self.quantized(f"weight_ih_{tag}"), self._float_bias(slot))
+        w_hh_t = self.quantized(f"weight_hh_{tag}").t()
+        gate_peak = torch.zeros(4, dtype=x.dtype, device=x.device)
+        cell_peak = torch.zeros((), dtype=x.dtype, device=x.device)
+        outputs = []
+        for projected_t in projected.unbind(1):
+            gates = projected_t + h @ w_hh_t
+            per_gate = gates.detach().abs().reshape(batch, 4, hidden).amax(dim=(0, 2))
+            gate_peak = torch.maximum(gate_peak, per_gate)
+            h, c = _float_cell(gates, c, hidden)
+            cell_peak = torch.maximum(cell_peak, c.detach().abs().max())
+            outputs.append(h)
+        self._observed_gates[slot] = torch.maximum(self._observed_gates[slot], gate_peak.cpu().double())
+        self._observed_cell[slot] = max(float(self._observed_cell[slot]), float(cell_peak))
+        return torch.stack(outputs, dim=1), h, c
+
     # --- integer forward ---------------------------------------------------------------------
-    def layer_params(self, layer: int) -> dict[str, Tensor]:
-        """Everything the chip holds for one layer (int tensors; scales for reference)."""
+    def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
+        """Everything the chip holds for one layer-direction (int tensors; scales for reference)."""
         n, hidden = self.numerics, self.hidden_size
-        w_ih, s_ih, bits_ih = self.weight_codes(f"weight_ih_l{layer}")
-        w_hh, s_hh, bits_hh = self.weight_codes(f"weight_hh_l{layer}")
+        slot = layer * self.directions + direction
+        w_ih, s_ih, bits_ih = self.weight_codes(f"weight_ih_{self._tag(slot)}")
+        w_hh, s_hh, bits_hh = self.weight_codes(f"weight_hh_{self._tag(slot)}")
         s_x = self.in_scales[0] if layer == 0 else self.hidden_scales[layer - 1]
-        gate = self.gate_scales[layer].double().repeat_interleave(hidden)
+        gate = self.gate_scales[slot].double().repeat_interleave(hidden)
         acc_scale = s_x.double() * s_ih.double()
-        bias = self._float_bias(layer)
+        bias = self._float_bias(slot)
         if bias is None:
             bias_codes = torch.zeros(4 * hidden, dtype=torch.int64, device=w_ih.device)
         else:
@@ -181,69 +211,79 @@ class NNALSTM(NNAWeighted, QuantLSTM):
             "weight_ih": w_ih, "weight_hh": w_hh, "weight_ih_scale": s_ih, "weight_hh_scale": s_hh,
             "bits_ih": torch.tensor(bits_ih), "bits_hh": torch.tensor(bits_hh), "bias": bias_codes,
             "gate_multipliers": torch.stack([m_ih, m_hh]), "gate_shift": shift,
-            "gate_luts": self.gate_luts[layer], "cell_lut": self.cell_luts[layer],
-            "cell_multipliers": self.cell_multipliers[layer], "cell_shift": self.cell_shift[layer],
-            "cell_tanh_multiplier": self.cell_tanh_multiplier[layer],
-            "cell_tanh_shift": self.cell_tanh_shift[layer],
-            "hidden_multiplier": self.hidden_multiplier[layer], "hidden_shift": self.hidden_shift[layer],
+            "gate_luts": self.gate_luts[slot], "cell_lut": self.cell_luts[slot],
+            "cell_multipliers": self.cell_multipliers[slot], "cell_shift": self.cell_shift[slot],
+            "cell_tanh_multiplier": self.cell_tanh_multiplier[slot],
+            "cell_tanh_shift": self.cell_tanh_shift[slot],
+            "hidden_multiplier": self.hidden_multiplier[slot], "hidden_shift": self.hidden_shift[slot],
         }
 
     def _integer(self, x: Tensor, hx: tuple[Tensor, Tensor] | None):
-        n = self.numerics
-        batch = x.shape[0]
         grad = torch.is_grad_enabled()
         codes = self.input_codes(x)
         h_n, c_n = [], []
         for layer in range(self.num_layers):
-            p = self.layer_params(layer)
             last = layer == self.num_layers - 1
             # The last layer's output is on out_scale (equal to its hidden scale), so consumers reuse its codes.
-            s_h, s_c = (self.out_scale if last else self.hidden_scales[layer]), self.cell_scales[layer]
-            h, c = self._initial_float(hx, layer, batch, x)
-            with torch.no_grad():
-                h_q = saturate(torch.round(h.detach() / s_h).to(torch.int64), n.act_range)
-                c_q = saturate(torch.round(c.detach() / s_c).to(torch.int64), n.cell_range)
-                # Time first, so each step's input terms are one contiguous block.
-                acc_x = integer_matmul(codes.transpose(0, 1), p["weight_ih"])
-                acc_x = acc_x.add_(p["bias"]).clamp_(*n.acc_range)
-                tables = self.cell_tanh_columns[layer], self.hidden_luts[layer]
-                codes, cells = integer_recurrence(acc_x, h_q, c_q, p, tables, n, all_cells=grad)
-                y = self.emit(codes, s_h, None)
-            if grad:
-                projected = F.linear(x, self.quantized(f"weight_ih_l{layer}"), self._float_bias(layer))
-                w_hh = self.quantized(f"weight_hh_l{layer}")
-                with torch.no_grad():
-                    c_values = self.emit(cells, s_c, None)
-                # The float cell evaluated at the chip's states carries the gradient (straight-through).
-                y_codes = y._nna_codes if hasattr(y, "_nna_codes") else None
-                y, c_last = SurrogateLSTMLayer.apply(projected, w_hh, h, c, y, c_values)
-                if y_codes is not None:
-                    y._nna_codes = y_codes._replace(version=y._version)
-                x = y
+            s_h = self.out_scale if last else self.hidden_scales[layer]
+            outputs, layer_codes = [], []
+            for direction in range(self.directions):
+                flip = (lambda t: t.flip(1)) if direction else (lambda t: t)
+                y, hidden_codes, c_last = self._integer_direction(flip(x), flip(codes), layer, direction, hx, s_h,
+                                                                  grad)
+                outputs.append(flip(y))
+                layer_codes.append(flip(hidden_codes))
                 h_n.append(y[:, -1])
                 c_n.append(c_last)
-            else:
-                x = y
-                h_n.append(y[:, -1])
-                c_n.append(self.emit(cells, s_c, None))
+            x = outputs[0] if self.directions == 1 else torch.cat(outputs, dim=2)
+            codes = layer_codes[0] if self.directions == 1 else torch.cat(layer_codes, dim=2)
+            if last:
+                attach_codes(x, codes, s_h, self.numerics.act_range)
         return x, torch.stack(h_n), torch.stack(c_n)
 
+    def _integer_direction(self, x: Tensor, codes: Tensor, layer: int, direction: int,
+                           hx: tuple[Tensor, Tensor] | None, s_h: Tensor, grad: bool):
+        """One layer-direction on time-ordered input and its codes: (hidden values, hidden codes, last cell
+        value); with `grad` the values carry the float cell's gradient at the chip's states."""
+        n = self.numerics
+        slot = layer * self.directions + direction
+        p = self.layer_params(layer, direction)
+        s_c = self.cell_scales[slot]
+        h, c = self._initial_float(hx, slot, x.shape[0], x)
+        with torch.no_grad():
+            h_q = saturate(torch.round(h.detach() / s_h).to(torch.int64), n.act_range)
+            c_q = saturate(torch.round(c.detach() / s_c).to(torch.int64), n.cell_range)
+            # Time first, so each step's input terms are one contiguous block.
+            acc_x = integer_matmul(codes.transpose(0, 1), p["weight_ih"])
+            acc_x = acc_x.add_(p["bias"]).clamp_(*n.acc_range)
+            tables = self.cell_tanh_columns[slot], self.hidden_luts[slot]
+            codes, cells = integer_recurrence(acc_x, h_q, c_q, p, tables, n, all_cells=grad)
+            y = self.emit(codes, s_h, None)
+            c_values = self.emit(cells, s_c, None)
+        if not grad:
+            return y, codes, c_values
+        projected = F.linear(x, self.quantized(f"weight_ih_{self._tag(slot)}"), self._float_bias(slot))
+        w_hh = self.quantized(f"weight_hh_{self._tag(slot)}")
+        # The float cell evaluated at the chip's states carries the gradient (straight-through).
+        y, c_last = SurrogateLSTMLayer.apply(projected, w_hh, h, c, y, c_values)
+        return y, codes, c_last
+
     # --- shared ------------------------------------------------------------------------------
-    def _float_bias(self, layer: int) -> Tensor | None:
+    def _float_bias(self, slot: int) -> Tensor | None:
         if not self.bias:
             return None
-        return getattr(self, f"bias_ih_l{layer}") + getattr(self, f"bias_hh_l{layer}")
+        return getattr(self, f"bias_ih_{self._tag(slot)}") + getattr(self, f"bias_hh_{self._tag(slot)}")
 
-    def _initial_float(self, hx, layer: int, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    def _initial_float(self, hx, slot: int, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
         if hx is None:
             zeros = torch.zeros(batch, self.hidden_size, dtype=like.dtype, device=like.device)
             return zeros, zeros
-        return hx[0][layer], hx[1][layer]
+        return hx[0][slot], hx[1][slot]
 
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):
             raise NNAError("NNA emulation runs an LSTM on padded tensors, not a PackedSequence; pass the "
-                           "padded batch (a unidirectional LSTM never lets padding reach valid frames).")
+                           "padded batch.")
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         batched = input.dim() == 3

@@ -59,3 +59,14 @@ def test_gru_layers_run_on_the_chip_integers(bidirectional):
     gru = nn.GRU(8, 12, num_layers=2, batch_first=True, bidirectional=bidirectional)
     emulated = emulate(ConvRecurrent(gru, 24 if bidirectional else 12), torch.randn(3, 6, 10))
     assert isinstance(emulated.rnn, NNAGRU)
+
+
+def test_bidirectional_lstm_runs_the_lstm_cell_both_ways():
+    from mpsearch.quant.nna.lstm import NNALSTM
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 12, num_layers=2, batch_first=True, bidirectional=True)
+    emulated = emulate(ConvRecurrent(lstm, 24), torch.randn(3, 6, 10))
+    assert isinstance(emulated.rnn, NNALSTM) and emulated.rnn.gate_scales.shape == (4, 4)
+    # Both directions of a layer share one hidden scale: their concatenation is one int8 tensor.
+    assert emulated.rnn.hidden_scales.shape == (2,)
