@@ -21,6 +21,7 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     import optuna
 
     from mpsearch.config import StudyConfig
+    from mpsearch.quant import Policy
     from mpsearch.search.objective import TrialRunner
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,11 @@ DUPLICATE_BACKOFF_SECONDS = 2.0
 
 
 def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trials: int, workers: int = 1,
-            address: str | None = None, progress: bool = True) -> optuna.Study:
+            address: str | None = None, progress: bool = True,
+            evaluate: Callable[[Policy], dict[str, Any]] | None = None) -> optuna.Study:
     """Run Ray trials until the study holds `trials` distinct complete points of the current float
-    baseline (warm starts included)."""
+    baseline (warm starts included). Each trial runs the study's TrialRunner in a Ray worker, or
+    `evaluate(policy) -> metrics` when given (picklable; what the Optuna backend's `evaluate` is)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -76,8 +80,9 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
     started_ray = _connect(address)
     try:
         cpus = _cpus_per_trial(workers)
+        given = {"evaluate": evaluate, "space": space} if evaluate is not None else {}
         trainable = tune.with_resources(
-            tune.with_parameters(evaluate_trial, study_config=cfg, workdir=os.getcwd()), {"cpu": cpus})
+            tune.with_parameters(evaluate_trial, study_config=cfg, workdir=os.getcwd(), **given), {"cpu": cpus})
         request = {"study": cfg.name, "trials": trials, "workers": workers,
                    "objectives": list(cfg.search.objectives), "sampler": cfg.search.sampler}
         path, restore = _experiment_path(cfg, request)
@@ -284,7 +289,8 @@ def _resumed_sampler(cfg: StudyConfig, storage) -> optuna.samplers.BaseSampler:
 _RUNNERS: dict[str, tuple[TrialRunner, SearchSpace]] = {}
 
 
-def evaluate_trial(config: dict[str, Any], study_config: StudyConfig, workdir: str) -> None:
+def evaluate_trial(config: dict[str, Any], study_config: StudyConfig, workdir: str,
+                   evaluate: Callable[[Policy], dict[str, Any]] | None = None, space: SearchSpace | None = None) -> None:
     """The Ray trainable: one trial of the policy `config` stands for, reported once."""
     import torch
 
@@ -294,10 +300,12 @@ def evaluate_trial(config: dict[str, Any], study_config: StudyConfig, workdir: s
         os.chdir(workdir)
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
     torch.set_num_threads(cpus)
-    runner, space = _runner(study_config, cpus)
+    if evaluate is None:
+        runner, space = _runner(study_config, cpus)
+        evaluate = runner.run
     objectives = study_config.search.objectives
     try:
-        metrics = runner.run(space.to_policy(config))
+        metrics = evaluate(space.to_policy(config))
         values = scored_values(metrics, objectives)
     except TrialError as exc:
         # Tune insists every result carries the searcher's metrics; `failed` is what the searcher reads.
