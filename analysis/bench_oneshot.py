@@ -33,7 +33,6 @@ from scipy.stats import kendalltau
 from mpsearch.config import StudyConfig
 from mpsearch.eval.bootstrap import wer_interval
 from mpsearch.eval.wer import error_rates, utterance_errors
-from mpsearch.search.objective import TrialRunner
 from mpsearch.study import Study
 from mpsearch.supernet.network import choice_sets
 from mpsearch.supernet.oneshot import train_shared_weights
@@ -52,11 +51,11 @@ def random_points(space, count: int, seed: int) -> list[dict]:
     return points
 
 
-def dev_wer(runner: TrialRunner, model: torch.nn.Module) -> dict:
+def dev_wer(study: Study, model: torch.nn.Module) -> dict:
     """WER with its interval on the study's eval subset, as a trial scores it (dev only)."""
-    cfg = runner.cfg
-    task = runner.study.task(model, augment=False)
-    subset = runner.study.data.split(cfg.eval_split).subset(cfg.eval_utterances, seed=cfg.seed)
+    cfg = study.cfg.search
+    task = study.task(model, augment=False)
+    subset = study.data.split(cfg.eval_split).subset(cfg.eval_utterances, seed=cfg.seed)
     refs, hyps = task.transcribe(subset)
     errors, words = utterance_errors(refs, hyps)
     interval = wer_interval(errors, words)
@@ -77,7 +76,7 @@ def main() -> int:
 
     cfg = StudyConfig.from_yaml(args.study)
     study = Study(cfg, progress=False)
-    runner = TrialRunner(study)
+    runner = study.trial_runner()
     space = study.search_space()
     points = random_points(space, args.policies, args.seed)
 
@@ -102,9 +101,9 @@ def main() -> int:
         t0 = time.monotonic()
         finetuned = runner.run(policy)
         t1 = time.monotonic()
-        oneshot = dev_wer(runner, _calibrated(runner, shared_model, policy))
+        oneshot = dev_wer(study, runner.quantized_model(policy, shared_model))
         t2 = time.monotonic()
-        ptq = dev_wer(runner, _calibrated(runner, runner.float_model, policy))
+        ptq = dev_wer(study, runner.quantized_model(policy))
         row = {"params": params, "avg_weight_bits": hardware["avg_weight_bits"], "latency_ms": hardware["latency_ms"],
                "finetuned_wer": finetuned["wer"], "finetuned_seconds": t1 - t0,
                "oneshot_wer": oneshot["wer"], "oneshot_ci": [oneshot["wer_ci_low"], oneshot["wer_ci_high"]],
@@ -142,13 +141,6 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
-
-
-def _calibrated(runner: TrialRunner, model: torch.nn.Module, policy) -> torch.nn.Module:
-    from mpsearch.search.objective import calibrated_model
-
-    return calibrated_model(model, policy, runner.cfg.emulation, runner.study.cfg.hardware.profile,
-                            runner.calibration_batches())
 
 
 if __name__ == "__main__":

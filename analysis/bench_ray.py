@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 from mpsearch.config import StudyConfig
-from mpsearch.search.engine import run_search
 from mpsearch.study import Study
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
         for workers in (1, 2):
             study = scratch_study(cfg, Path(tmp) / f"ray{workers}", workers, args.trials)
-            rows[workers] = throughput(run_search(study))
+            rows[workers] = throughput(study.run("trials").trials)
             print(f"{workers} concurrent trial(s): {rows[workers]}")
     ratio = rows[2]["trials_per_minute"] / rows[1]["trials_per_minute"]
     print(f"2 concurrent / 1 concurrent trials per minute: {ratio:.2f}x")

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     study = Study(cfg, progress=False)
     study.baseline()
     space = study.search_space()
-    runner = TrialRunner(study)
+    runner = study.trial_runner()
     trials = CachedTrials(runner, Path(args.cache) if args.cache else cfg.study_dir / "bench_search_cache.json")
     objectives = list(cfg.search.objectives)
     uniform8 = space.to_policy(space.uniform_params(8))

@@ -1,36 +1,128 @@
-"""The study: one straight flow from a StudyConfig to artefacts in the study folder.
+"""The study: one straight flow from a StudyConfig to the front and its knee policy.
 
-Each stage writes its artefact atomically, keyed by a hash of the config it came from, so a re-run
-skips finished stages and a kill loses at most the work in flight.
+`Study.run()` owns the path: data -> baseline -> sites -> sensitivity -> candidates (ILP, supernet) ->
+trials -> front and knee. Each stage is a function of explicit inputs that returns its artefact and
+writes it atomically into the study folder, keyed by a hash of what it came from, so a re-run skips
+finished stages and a kill loses at most the work in flight. The study builds what the stages share
+once per process: the data, the model (its weights become the baseline's), the sites, the search space
+and the latency model.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
-import os
-import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mpsearch.artifacts import cached, read_json, write_json, write_text
+from mpsearch.artifacts import write_text
 from mpsearch.config import StudyConfig, config_hash
 from mpsearch.data.pipeline import SpeechData
 from mpsearch.data.tokenizer import CharTokenizer
+from mpsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from mpsearch.search.objective import TrialRunner
+    from mpsearch.search.pareto import FrontTable
+    from mpsearch.search.pick import PickedTrial
+    from mpsearch.sensitivity.report import SensitivityReport
+    from mpsearch.search.space import SearchSpace
+    from mpsearch.supernet.search import SupernetCandidate
+    from mpsearch.training.user import UserModel
 
 log = logging.getLogger(__name__)
 
+# What `run(until=...)` can stop after; each runs only the stages it needs.
+STAGES = ("baseline", "sensitivity", "supernet", "trials", "front")
+
+
+@dataclass
+class StudyResult:
+    """What `Study.run` made: the baseline's metrics, then whichever later artefacts were asked for."""
+
+    baseline: dict[str, Any]
+    sensitivity: SensitivityReport | None = None
+    supernet: list[SupernetCandidate] | None = None
+    trials: optuna.Study | None = None
+    complete: int = 0  # distinct complete points of the trials
+    wanted: int = 0  # the points asked for (at most the space's size)
+    front: FrontTable | None = None  # written only when the trials asked for completed
+    front_files: list[Path] | None = None
+    knee: PickedTrial | None = None
+    knee_policy: Path | None = None
+
 
 class Study:
-    def __init__(self, cfg: StudyConfig, progress: bool = True):
+    """The study of `cfg`, in `cfg.study_dir`. With `user`, the float model is the user's own (its
+    factory, training step and scores) instead of one trained or loaded from the study's data."""
+
+    def __init__(self, cfg: StudyConfig, progress: bool = True, user: UserModel | None = None):
         self.cfg = cfg
         self.dir = cfg.study_dir
         self.progress = progress
+        self.user = user
         self._baseline: tuple | None = None  # (checkpoint, metrics), made or loaded once per process
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text(self.dir / "study.yaml.json", cfg.model_dump_json(indent=2))
+
+    # --- the flow ---------------------------------------------------------------------------------------
+    def run(self, until: str = "front", *, backend: str | None = None, trials: int | None = None,
+            workers: int | None = None, address: str | None = None,
+            sensitivity_backend: str | None = None) -> StudyResult:
+        """Run the study up to and including the stage `until` (one of STAGES), reusing finished stages.
+        The keywords override the study's `search.backend`, `search.trials`, `search.workers`,
+        `search.address` and `sensitivity.backend`."""
+        if until not in STAGES:
+            raise ConfigError(f"Unknown study stage '{until}'; valid choices: {', '.join(STAGES)}.")
+        search = self.cfg.search
+        searching = STAGES.index(until) >= STAGES.index("trials")
+        backend, address = backend or search.backend, address or search.address
+        if searching:  # what the user may have got wrong, before minutes to hours of work
+            from mpsearch.search.engine import check_before_work
+
+            check_before_work(self.cfg, self.search_space(), backend, address)
+        elif until == "supernet":
+            self.search_space()
+        result = StudyResult(baseline=self.baseline()[1])
+        if until == "sensitivity" or (searching and search.warm_start.ilp > 0):
+            result.sensitivity = self.sensitivity(sensitivity_backend)
+        if until == "supernet" or (searching and search.warm_start.supernet):
+            result.supernet = self.supernet()
+        if not searching:
+            return result
+        from mpsearch.search.engine import run_trials
+        from mpsearch.search.optuna_backend import distinct_complete_count
+        from mpsearch.search.warm_start import warm_starts
+
+        space = self.search_space()
+        starts = warm_starts(space, search.warm_start, sites=self.sites(), latency_model=self.latency_model(),
+                             sensitivity=result.sensitivity, supernet=result.supernet)
+        trials = trials or search.trials
+        result.trials = run_trials(self.cfg, space, starts, self.trial_runner, backend=backend, trials=trials,
+                                   workers=workers or search.workers, address=address, progress=self.progress)
+        result.complete = distinct_complete_count(result.trials)
+        result.wanted = min(trials, space.size())
+        if until == "front" and result.complete >= result.wanted:
+            self._front(result)
+        return result
+
+    def _front(self, result: StudyResult) -> None:
+        """front.csv, front.png, front.json and the knee's policy (knee-policy.json) in the study folder."""
+        from mpsearch.search.front_files import KNEE_POLICY, write_front
+        from mpsearch.search.pick import pick_trial
+
+        result.front, result.front_files = write_front(self.cfg)
+        result.knee = pick_trial(result.front, pick="knee")
+        result.knee_policy = self.dir / KNEE_POLICY
+        result.knee.policy.save(result.knee_policy)
 
     # --- data -------------------------------------------------------------------------------------------
     @cached_property
@@ -56,43 +148,76 @@ class Study:
 
     # --- models -----------------------------------------------------------------------------------------
     def new_model(self) -> torch.nn.Module:
+        """A newly built model of the study's architecture (its initial weights seeded by `train.seed`)."""
+        if self.user is not None:
+            return self.user.factory()
         from mpsearch.models import build_model
 
         torch.manual_seed(self.cfg.train.seed)
         return build_model(self.cfg.model, vocab_size=self.tokenizer.vocab_size, n_mels=self.cfg.data.features.n_mels)
 
-    def task(self, model: torch.nn.Module, augment: bool | None = None):
+    @cached_property
+    def _model(self) -> torch.nn.Module:
+        # built once: the sites are read from it, and baseline() gives it the baseline's weights
+        return self.new_model()
+
+    def task(self, model: torch.nn.Module, augment: bool | None = None, max_batch_frames: int | None = None):
+        """The task that trains and scores `model`; `augment` defaults to `train.augment`."""
+        if self.user is not None:
+            return self.user.task(model)
         from mpsearch.models import model_kind
         from mpsearch.training.tasks import LanguageModelTask, SpeechTask
 
         if model_kind(model) == "lm":
             return LanguageModelTask(model, self.data)
         augment = self.cfg.train.augment if augment is None else augment
-        return SpeechTask(model, self.data, self.cfg.data.max_batch_frames,
+        return SpeechTask(model, self.data, max_batch_frames or self.cfg.data.max_batch_frames,
                           augment=augment and self.cfg.data.features.specaugment is not None)
 
+    def unaugmented_batches(self, model: torch.nn.Module,
+                            max_batch_frames: int | None = None) -> Callable[[int], Iterator[Any]]:
+        """seed -> one epoch of training batches without augmentation, in a seeded shuffled order (the
+        first batches in length order would hold only the shortest utterances), as `model`'s task's loss
+        takes them: what sensitivity, the supernet and calibration read."""
+        return self.task(model, augment=False, max_batch_frames=max_batch_frames).train_batches
+
     def sites(self):
-        from mpsearch.quant import find_sites
+        """The model's quantisable sites (built once)."""
+        if "_sites" not in self.__dict__:
+            from mpsearch.quant import find_sites
 
-        return find_sites(self.new_model())
+            self.__dict__["_sites"] = find_sites(self._model)
+        return self.__dict__["_sites"]
 
-    def search_space(self):
-        """The study's SearchSpace (`search.space`), checked against the model's sites."""
-        from mpsearch.errors import ConfigError
-        from mpsearch.search.space import SearchSpace
+    def search_space(self) -> SearchSpace:
+        """The study's SearchSpace (`search.space`), checked against the model's sites (built once)."""
+        if "_space" not in self.__dict__:
+            from mpsearch.search.space import SearchSpace
 
+            if self.user is not None and self.user.space is not None:
+                space = SearchSpace.from_dict(dict(self.user.space), self.sites(), source="search_model(space=...)")
+            else:
+                space = SearchSpace.from_yaml(self.space_path, self.sites())
+            self.__dict__["_space"] = space
+        return self.__dict__["_space"]
+
+    @property
+    def space_path(self) -> Path:
         if not self.cfg.search.space:
-            raise ConfigError(f"The study '{self.cfg.name}' has no search.space; set it to a search space YAML "
-                              "such as search_spaces/rnnt_groups.yaml.")
-        return SearchSpace.from_yaml(self.cfg.search.space, self.sites())
+            raise ConfigError(f"search.space is not set in the study '{self.cfg.name}'; set it to a search space "
+                              "YAML such as search_spaces/rnnt_groups.yaml.")
+        return Path(self.cfg.search.space)
 
     def latency_model(self):
-        """The study's hardware profile and workload as a RooflineLatencyModel."""
-        from mpsearch.hardware import RooflineLatencyModel, Workload, load_profile
+        """The study's hardware profile and workload as a RooflineLatencyModel (built once)."""
+        if "_latency_model" not in self.__dict__:
+            from mpsearch.hardware import RooflineLatencyModel, Workload, load_profile
 
-        workload = Workload.from_dict(self.cfg.hardware.workload, source="hardware.workload")
-        return RooflineLatencyModel(load_profile(self.cfg.hardware.profile), workload)
+            workload = Workload.from_dict(self.cfg.hardware.workload, source="hardware.workload")
+            self.__dict__["_latency_model"] = RooflineLatencyModel(load_profile(self.cfg.hardware.profile), workload)
+        return self.__dict__["_latency_model"]
 
+    # --- baseline ---------------------------------------------------------------------------------------
     @property
     def baseline_dir(self) -> Path:
         return self.dir / "baseline"
@@ -122,10 +247,12 @@ class Study:
         return file_sha256(self.checkpoint_path)
 
     @cached_property
-    def baseline_key(self) -> str:
+    def baseline_key(self) -> str | None:
         """What the float baseline depends on: the checkpoint's contents, or the data, model and training
         settings; and the manifests' contents (a new corpus version, or a user's edited manifest, makes a
-        new baseline instead of reusing a stale one)."""
+        new baseline instead of reusing a stale one). None for a user's own model, which is not stored."""
+        if self.user is not None:
+            return None
         if self.checkpoint_path is not None:
             return config_hash(self.cfg.data, self.cfg.model, {"checkpoint": self.checkpoint_sha256},
                                self.manifest_digests)
@@ -136,114 +263,65 @@ class Study:
     def baseline(self) -> tuple[torch.nn.Module, dict]:
         """The float baseline and its metrics: loaded from `baseline.checkpoint` and evaluated, or trained
         once from the `train` section; reused while its key holds, set aside and redone when it changed
-        or its files are unreadable. Each call returns a fresh model with the baseline's weights."""
+        or its files are unreadable. The model is the study's one instance: copy it before changing it."""
         if self._baseline is None:
-            metrics_path, model_path = self.baseline_dir / "metrics.json", self.baseline_dir / "model.pt"
-            make = self._evaluate_checkpoint if self.checkpoint_path is not None else self._train_baseline
-            # a training checkpoint stays: the trainer resumes it only when its key matches
-            self._baseline = cached(metrics_path, self.baseline_key, make, self._load_baseline,
-                                    files=(metrics_path, model_path))
-        checkpoint, metrics = self._baseline
-        model = self.new_model()
-        model.load_state_dict(checkpoint.state_dict)
-        return model, metrics
+            if self.user is not None:
+                self._baseline = (None, {"model": "user", "parameters": sum(p.numel() for p in
+                                                                           self._model.parameters())})
+            else:
+                from mpsearch.training.baseline import ensure_baseline
 
-    def _load_baseline(self, metrics_path: Path) -> tuple[str | None, tuple | None]:
-        """(key, (checkpoint, metrics)) of a finished baseline; its model is read only when the key holds."""
-        from mpsearch.training.checkpoint import load_checkpoint
+                self._baseline = ensure_baseline(
+                    self.baseline_dir, self.baseline_key, self._model, self.task, lambda: self.data, self.cfg,
+                    self.tokenizer, self.manifest_digests, self.checkpoint_path,
+                    self.checkpoint_sha256 if self.checkpoint_path is not None else "", self.progress)
+                self._model.load_state_dict(self._baseline[0].state_dict)
+        return self._model, self._baseline[1]
 
-        metrics = read_json(metrics_path)
-        if not isinstance(metrics, dict):
-            raise TypeError(f"{metrics_path} is not a JSON object")
-        if metrics.get("config_hash") != self.baseline_key:
-            return metrics.get("config_hash"), None
-        model_path = self.checkpoint_path or self.baseline_dir / "model.pt"
-        return metrics["config_hash"], (load_checkpoint(model_path), metrics)
+    # --- the stages after the baseline ------------------------------------------------------------------
+    def sensitivity(self, backend: str | None = None) -> SensitivityReport:
+        """The sensitivity report of the float baseline (`backend` overrides `sensitivity.backend`)."""
+        from mpsearch.sensitivity.backends import BACKENDS
+        from mpsearch.sensitivity.stage import ensure_sensitivity
 
-    def _evaluate_checkpoint(self):
-        from mpsearch.training.checkpoint import check_matches, load_checkpoint
+        cfg = self.cfg.sensitivity
+        if backend is not None:
+            BACKENDS.get(backend)
+            cfg = cfg.model_copy(update={"backend": backend})
+        model, _ = self.baseline()
+        return ensure_sensitivity(self.dir, model, self.unaugmented_batches(model, cfg.max_batch_frames), cfg,
+                                  progress=self.progress)
 
-        path = self.checkpoint_path
-        checkpoint = load_checkpoint(path)
-        check_matches(checkpoint, f"baseline.checkpoint {self.cfg.baseline.checkpoint}", self.cfg.model,
-                      self.cfg.data.features, self.tokenizer)
-        model = self.new_model()
-        model.load_state_dict(checkpoint.state_dict)
-        log.info("evaluating the float baseline from %s", path)
-        start = time.monotonic()
-        metrics = {
-            "config_hash": self.baseline_key,
-            "checkpoint": self.cfg.baseline.checkpoint,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "source": checkpoint.source,
-            "model": self.cfg.model.name,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "train_steps": 0,
-            "train_seconds": 0.0,
-            **self._evaluate(model),
-        }
-        metrics["eval_seconds"] = round(time.monotonic() - start, 1)
-        write_json(self.baseline_dir / "metrics.json", metrics)
-        return checkpoint, metrics
+    def supernet(self) -> list[SupernetCandidate]:
+        """The supernet's candidates over the study's search space, one per lambda."""
+        from mpsearch.supernet.stage import ensure_supernet, supernet_key
 
-    def _evaluate(self, model: torch.nn.Module) -> dict:
-        """dev and test scores; a speech model's WER with its 95% bootstrap interval over utterances."""
-        from mpsearch.models import model_kind
+        space = self.search_space()
+        model, _ = self.baseline()
+        cfg = self.cfg.supernet
+        key = supernet_key(cfg, self.space_path, self.cfg.hardware, self.baseline_key)
+        return ensure_supernet(self.dir, model, space, self.latency_model(), cfg, key,
+                               self.unaugmented_batches(model, cfg.max_batch_frames), space_path=self.space_path,
+                               threads=self.cfg.train.threads, progress=self.progress)
 
-        task = self.task(model)
-        if model_kind(model) == "lm":
-            return {"dev": task.evaluate("dev"), "test": task.evaluate("test")}
-        from mpsearch.eval.bootstrap import wer_interval
-        from mpsearch.eval.wer import error_rates, utterance_errors
+    def trial_runner(self) -> TrialRunner:
+        """What every trial shares, built once: a copy of the float baseline, its calibration batches, the
+        sites, the latency model, and how a trial trains and is scored."""
+        if "_runner" not in self.__dict__:
+            import itertools
 
-        scores = {}
-        for split in ("dev", "test"):
-            refs, hyps = task.transcribe(self.data.split(split))
-            interval = wer_interval(*utterance_errors(refs, hyps))
-            scores[split] = {**error_rates(refs, hyps), "wer_ci_low": interval.low, "wer_ci_high": interval.high,
-                             "utterances": len(refs)}
-        return scores
+            from mpsearch.search.objective import TrialRunner, trial_scores
 
-    def _train_baseline(self):
-        import datetime
-        import platform
-
-        from mpsearch import __version__
-        from mpsearch.training.checkpoint import ModelCheckpoint, save_checkpoint
-        from mpsearch.training.trainer import train
-
-        model = self.new_model()
-        task = self.task(model)
-        self.baseline_dir.mkdir(parents=True, exist_ok=True)
-        log.info("training the float baseline (%s, %.2fM parameters)", self.cfg.model.name,
-                 sum(p.numel() for p in model.parameters()) / 1e6)
-        result = train(task, self.cfg.train, checkpoint=self.baseline_dir / "checkpoint.pt",
-                       checkpoint_key=self.baseline_key, progress=self.progress)
-        start = time.monotonic()
-        metrics = {
-            "config_hash": self.baseline_key,
-            "model": self.cfg.model.name,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "train_steps": result.steps,
-            "train_seconds": round(result.seconds, 1),
-            "final_train_loss": result.final_loss,
-            "threads": torch.get_num_threads(),
-            **self._evaluate(model),
-            "history": result.history,
-        }
-        metrics["eval_seconds"] = round(time.monotonic() - start, 1)
-        source = {
-            "study": self.cfg.name, "config_hash": self.baseline_key, "data": self.cfg.data.to_dict(),
-            "train": self.cfg.train.to_dict(), "manifests": self.manifest_digests,
-            "train_steps": result.steps, "train_seconds": round(result.seconds, 1),
-            "threads": torch.get_num_threads(), "dev": metrics["dev"], "test": metrics["test"],
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
-                       f"{platform.python_version()}",
-            "mpsearch": __version__, "torch": str(torch.__version__),
-        }
-        checkpoint = ModelCheckpoint(self.cfg.model, self.cfg.data.features, self.tokenizer.alphabet,
-                                     {k: v.detach().clone() for k, v in model.state_dict().items()}, source)
-        save_checkpoint(self.baseline_dir / "model.pt", checkpoint)
-        write_json(self.baseline_dir / "metrics.json", metrics)
-        return checkpoint, metrics
+            cfg = self.cfg.search
+            model = copy.deepcopy(self.baseline()[0])
+            if self.user is not None:
+                calibration, evaluate = self.user.calibration_batches(cfg.calibration_batches), self.user.scores
+            else:
+                batches = self.unaugmented_batches(model)(cfg.seed + 7919)  # a fixed draw apart from training's
+                calibration = list(itertools.islice(batches, cfg.calibration_batches))
+                evaluate = lambda trained: trial_scores(self.task(trained, augment=False), self.data, cfg)
+            self.__dict__["_runner"] = TrialRunner(
+                model, cfg, self.cfg.hardware.profile, self.sites(), self.latency_model(),
+                lambda trained, augment: self.task(trained, augment=augment), calibration, evaluate,
+                baseline=self.baseline_key)
+        return self.__dict__["_runner"]

@@ -68,14 +68,15 @@ def run_front(args) -> int:
     return 0
 
 
-def print_front(cfg, rows: str = "front", plot: bool = True):
-    """Write the front's files and print its table, counts and hypervolume; returns the FrontTable."""
+def print_front(cfg, rows: str = "front", plot: bool = True, written_front=None):
+    """Write the front's files (unless `written_front`, the (table, files) a study run wrote) and print its
+    table, counts and hypervolume; returns the FrontTable."""
     from mpsearch.search.front_files import write_front
     from mpsearch.search.pareto import format_front_table, interval_summary
     from mpsearch.search.record import older_baseline_note
     from mpsearch.search.storage import storage_url
 
-    table, written = write_front(cfg, plot=plot)
+    table, written = written_front or write_front(cfg, plot=plot)
     print(format_front_table(table, rows=rows))
     counts = table.summary()["trials"]
     print(f"\n{len(table.front)} point(s) on the front of {len(table.frame)} distinct complete trial(s) "

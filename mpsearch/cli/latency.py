@@ -6,6 +6,8 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
+    from mpsearch.cli.common import add_study_arguments
+
     parser = subparsers.add_parser(
         "latency",
         help="per-site modelled latency and memory of a policy on the study's hardware",
@@ -16,19 +18,18 @@ def add_parser(subparsers) -> None:
                "  mpsearch latency studies/quickstart.yaml --policy best.json --profile cpu-int8",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+    add_study_arguments(parser, progress=False)
     parser.add_argument("--policy", help="policy JSON written by `mpsearch export` (default: uniform 8-bit)")
     parser.add_argument("--profile", help="override the study's hardware profile (name or YAML path)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from mpsearch.config import StudyConfig
+    from mpsearch.cli.common import open_study
     from mpsearch.hardware import RooflineLatencyModel, format_latency_table, load_profile
     from mpsearch.quant import QUANTIZERS, Policy, QuantConfig
-    from mpsearch.study import Study
 
-    study = Study(StudyConfig.from_yaml(args.study), progress=False)
+    study = open_study(args)
     sites = study.sites()
     names = [s.name for s in sites]
     policy = Policy.load(args.policy) if args.policy else Policy.uniform(QuantConfig(), names)

@@ -17,6 +17,7 @@ _DESCRIPTION = (
 
 
 def add_parser(subparsers) -> None:
+    from mpsearch.cli.common import add_study_arguments
     from mpsearch.search.engine import BACKENDS
 
     for name, help_text in (("search", "run a study's trials (continues a stored study)"),
@@ -29,61 +30,51 @@ def add_parser(subparsers) -> None:
                    "It ends by writing the front (front.csv, front.png, front.json) and the knee's policy\n"
                    "(knee-policy.json) in the study folder; `mpsearch front` and `mpsearch export` read them again.",
             formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
-        parser.add_argument("--backend", choices=BACKENDS, help="override search.backend (default optuna)")
+        add_study_arguments(parser)
+        parser.add_argument("--backend", choices=BACKENDS.names(), help="override search.backend (default optuna)")
         parser.add_argument("--trials", type=int, help="complete trials of distinct points wanted in total, warm "
                                                        "starts included, at most the space's size (default "
                                                        "search.trials)")
         parser.add_argument("--workers", type=int, help="trials run at once (default search.workers)")
         parser.add_argument("--address", help="Ray cluster address (ray backend); default a local Ray")
-        parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
         parser.set_defaults(func=run, require_stored=name == "resume")
 
 
 def run(args) -> int:
-    from mpsearch.config import StudyConfig
+    from optuna.trial import TrialState
+
+    from mpsearch.cli.common import open_study, study_config
+    from mpsearch.cli.front import print_front
     from mpsearch.errors import ConfigError
-    from mpsearch.search.engine import run_search
-    from mpsearch.search.optuna_backend import distinct_complete_count
-    from mpsearch.study import Study
 
     for name in ("trials", "workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be at least 1; got {value}.")
-    cfg = StudyConfig.from_yaml(args.study)
+    cfg = study_config(args)
     if args.require_stored:
         from mpsearch.search.storage import load_trials_study
 
         load_trials_study(cfg)
-    study = Study(cfg, progress=not args.no_progress)
+    study = open_study(args, cfg)
     print(_plan(cfg, args), flush=True)
-    trials_study = run_search(study, backend=args.backend, trials=args.trials, workers=args.workers,
-                              address=args.address)
-    from optuna.trial import TrialState
-
+    result = study.run(backend=args.backend, trials=args.trials, workers=args.workers, address=args.address)
+    trials_study = result.trials
     failed = trials_study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     repeats = [t for t in trials_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
                if "copied_from" in t.user_attrs or "duplicate_of" in t.user_attrs]
-    complete = distinct_complete_count(trials_study)
-    wanted = min(args.trials or cfg.search.trials, study.search_space().size())
-    print(f"{complete} complete trials of distinct points ({len(failed)} failed"
+    print(f"{result.complete} complete trials of distinct points ({len(failed)} failed"
           f"{f', {len(repeats)} repeated points answered from stored trials' if repeats else ''}) "
           f"in study '{cfg.name}'")
-    if complete < wanted:
+    if result.front is None:
         reason = failed[-1].user_attrs.get("fail_reason", "see the log") if failed else "stopped early"
-        print(f"error: only {complete} of {wanted} trials completed; last failure: {reason}", file=sys.stderr)
+        print(f"error: only {result.complete} of {result.wanted} trials completed; last failure: {reason}",
+              file=sys.stderr)
         return 1
-    from mpsearch.cli.front import print_front
-    from mpsearch.search.front_files import KNEE_POLICY
-    from mpsearch.search.pick import pick_trial
-
-    table = print_front(cfg)
-    knee = pick_trial(table, pick="knee")
-    knee.policy.save(study.dir / KNEE_POLICY)
-    print(f"knee of the front: trial {knee.number}, policy written to {study.dir / KNEE_POLICY}")
+    print_front(cfg, written_front=(result.front, result.front_files))
+    print(f"knee of the front: trial {result.knee.number}, policy written to {result.knee_policy}")
     print(f"report:  mpsearch report {args.study}   (one HTML page of the front, policies, latency, sensitivity)")
-    print(f"next:  mpsearch train {args.study} --policy {study.dir / KNEE_POLICY}   "
+    print(f"next:  mpsearch train {args.study} --policy {result.knee_policy}   "
           f"(or `mpsearch export` another trial)")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
+    from mpsearch.cli.common import add_study_arguments
     from mpsearch.sensitivity.backends import BACKENDS
 
     parser = subparsers.add_parser(
@@ -16,24 +17,22 @@ def add_parser(subparsers) -> None:
                     "changed.",
         epilog="example:  mpsearch sensitivity studies/quickstart.yaml",
     )
-    parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+    add_study_arguments(parser)
     parser.add_argument("--backend", choices=BACKENDS.names(),
                         help="override sensitivity.backend "
                              "(pyhessian needs `pip install 'mpsearch[hessian]'`)")
     parser.add_argument("--method", help="method whose Omega the table shows (default: the first of "
                                          "sensitivity.methods)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from mpsearch.config import StudyConfig
+    from mpsearch.cli.common import open_study
     from mpsearch.sensitivity.report import format_sensitivity_table
-    from mpsearch.sensitivity.stage import PLOT_FILE, REPORT_FILE, ensure_sensitivity
-    from mpsearch.study import Study
+    from mpsearch.sensitivity.stage import PLOT_FILE, REPORT_FILE
 
-    study = Study(StudyConfig.from_yaml(args.study), progress=not args.no_progress)
-    report = ensure_sensitivity(study, backend=args.backend)
+    study = open_study(args)
+    report = study.run("sensitivity", sensitivity_backend=args.backend).sensitivity
     print(format_sensitivity_table(report, args.method))
     print(f"wrote {study.dir / REPORT_FILE} and {study.dir / PLOT_FILE}")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
+    from mpsearch.cli.common import add_study_arguments
+
     parser = subparsers.add_parser(
         "supernet",
         help="differentiable bit-width search: one policy per lambda (reused when unchanged)",
@@ -17,19 +19,17 @@ def add_parser(subparsers) -> None:
                     "changed.",
         epilog="example:  mpsearch supernet studies/quickstart.yaml",
     )
-    parser.add_argument("study", help="study YAML with search.space set, e.g. studies/quickstart.yaml")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_study_arguments(parser, help="study YAML with search.space set, e.g. studies/quickstart.yaml")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from mpsearch.config import StudyConfig
-    from mpsearch.study import Study
+    from mpsearch.cli.common import open_study
     from mpsearch.supernet.report import format_supernet_table
-    from mpsearch.supernet.stage import POLICY_FOLDER, SWEEP_FILE, ensure_supernet
+    from mpsearch.supernet.stage import POLICY_FOLDER, SWEEP_FILE
 
-    study = Study(StudyConfig.from_yaml(args.study), progress=not args.no_progress)
-    candidates = ensure_supernet(study)
+    study = open_study(args)
+    candidates = study.run("supernet").supernet
     print(format_supernet_table(candidates))
     print(f"wrote {study.dir / SWEEP_FILE} and {study.dir / POLICY_FOLDER}/")
     return 0

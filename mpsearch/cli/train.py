@@ -7,6 +7,8 @@ import json
 
 
 def add_parser(subparsers) -> None:
+    from mpsearch.cli.common import add_study_arguments
+
     parser = subparsers.add_parser(
         "train",
         help="train the study's float baseline, or a quantized model with --policy",
@@ -23,24 +25,22 @@ def add_parser(subparsers) -> None:
                "  mpsearch train studies/quickstart.yaml --policy knee.json --steps 400",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+    add_study_arguments(parser)
     parser.add_argument("--policy", help="policy JSON written by `mpsearch export`")
     parser.add_argument("--steps", type=int, help="fine-tune steps with --policy (default search.finetune.max_steps)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from mpsearch.config import StudyConfig
+    from mpsearch.cli.common import open_study, study_config
     from mpsearch.errors import ConfigError
-    from mpsearch.study import Study
 
-    cfg = StudyConfig.from_yaml(args.study)
+    cfg = study_config(args)
     if args.steps is not None and (args.policy is None or args.steps < 1):
         raise ConfigError("--steps sets the fine-tune of --policy and must be at least 1; pass both.")
-    study = Study(cfg, progress=not args.no_progress)
+    study = open_study(args, cfg)
     if args.policy:
         from mpsearch.quant import Policy
         from mpsearch.search.retrain import train_with_policy
@@ -50,7 +50,7 @@ def run(args) -> int:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("integer_export", "utterances")}, indent=2))
         print(f"model, metrics and integer export written to {out}")
         return 0
-    _, metrics = study.baseline()
+    metrics = study.run("baseline").baseline
     summary = {k: metrics[k] for k in ("model", "parameters", "train_steps", "train_seconds", "dev", "test")}
     print(json.dumps(summary, indent=2))
     print(f"baseline written to {study.baseline_dir}")

@@ -1,9 +1,10 @@
 """One trial: Policy -> quant.apply (NNA emulation) -> calibrate -> QAT fine-tune from the float baseline
--> WER on the eval split (test WER recorded too) + modelled latency, size and average bits.
+-> scores on the eval split (test WER recorded too) + modelled latency, size and average bits.
 
-`TrialRunner` builds what every trial shares once per process (the float baseline, calibration
-batches, the eval subset, the latency model); `run(policy)` is the whole trial and raises TrialError
-when it cannot finish (NaN loss, a policy the chip cannot run), which the backends record as failed.
+`TrialRunner` holds what every trial shares, built once per process by the study (the float baseline,
+calibration batches, the sites and the latency model); `run(policy)` is the whole trial and raises
+TrialError when it cannot finish (NaN loss, a policy the chip cannot run), which the backends record as
+failed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,75 +21,50 @@ from mpsearch.errors import MpsearchError, TrialError
 from mpsearch.quant import Policy
 
 if TYPE_CHECKING:
-    from mpsearch.study import Study
+    from mpsearch.config import SearchConfig
+    from mpsearch.data.pipeline import SpeechData
+    from mpsearch.quant.sites import Site
+    from mpsearch.training.tasks import Task
 
 log = logging.getLogger(__name__)
 
+TaskFactory = Callable[[torch.nn.Module, bool], "Task"]  # (model, augment) -> the task training it
+
 
 class TrialRunner:
-    def __init__(self, study: Study):
-        self.study = study
-        self.cfg = study.cfg.search
-        self.float_model, self.baseline_metrics = study.baseline()
-        self.float_model.eval()
-        self.sites = study.sites()
-        self.latency_model = study.latency_model()
-        self._calibration_batches: list | None = None
+    """`float_model` is the runner's own (it is put in eval mode); `make_task(model, augment)` the task that
+    fine-tunes a model, `calibration` the batches that set activation ranges (run through the task's
+    loss), `evaluate(model)` the trial's scores, `baseline` the float baseline's key recorded with them."""
 
-    @property
-    def is_speech(self) -> bool:
-        return getattr(self.float_model, "kind", None) != "lm"
+    def __init__(self, float_model: torch.nn.Module, cfg: SearchConfig, profile: str, sites: Sequence[Site],
+                 latency_model: Any, make_task: TaskFactory, calibration: list,
+                 evaluate: Callable[[torch.nn.Module], dict[str, Any]], baseline: str | None = None):
+        self.float_model = float_model.eval()
+        self.cfg = cfg
+        self.profile = profile
+        self.sites = list(sites)
+        self.latency_model = latency_model
+        self.make_task = make_task
+        self.calibration = calibration
+        self.evaluate = evaluate
+        self.baseline = baseline
 
-    def calibration_batches(self) -> list:
-        """A fixed seeded draw of train batches, without augmentation, as the model's forward takes them."""
-        if self._calibration_batches is None:
-            task = self.study.task(self.float_model, augment=False)
-            batches = []
-            for batch in task.train_batches(self.cfg.seed + 7919):
-                batches.append(_as_args(batch))
-                if len(batches) >= self.cfg.calibration_batches:
-                    break
-            self._calibration_batches = batches
-        return self._calibration_batches
-
-    def quantized_model(self, policy: Policy) -> torch.nn.Module:
-        """The float baseline under `policy`, calibrated and ready to fine-tune."""
-        return calibrated_model(self.float_model, policy, self.cfg.emulation, self.study.cfg.hardware.profile,
-                                self.calibration_batches())
+    def quantized_model(self, policy: Policy, model: torch.nn.Module | None = None) -> torch.nn.Module:
+        """The float baseline (or another float `model` of its architecture) under `policy`, calibrated and
+        ready to fine-tune."""
+        return calibrated_model(model or self.float_model, policy, self.cfg.emulation, self.profile, self.calibration,
+                                forward=lambda model, batch: self.make_task(model, False).loss(batch))
 
     def finetune(self, model: torch.nn.Module, steps: int | None = None, progress: bool = False) -> dict[str, Any]:
         from mpsearch.quant.methods.hooks import training_hooks
         from mpsearch.training.trainer import train
 
         cfg = self.cfg.finetune if steps is None else self.cfg.finetune.model_copy(update={"max_steps": steps})
-        task = self.study.task(model, augment=cfg.augment)
+        task = self.make_task(model, cfg.augment)
         hooks = training_hooks(model, total_steps=cfg.max_steps)
         result = train(task, cfg, progress=progress, extra_loss=hooks.extra_loss, after_step=hooks.after_step)
         hooks.finish()
         return {"steps": result.steps, "final_loss": result.final_loss, "seconds": round(result.seconds, 1)}
-
-    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Scores on the eval split (its seeded subset when `search.eval_utterances` is set) and on test."""
-        from mpsearch.eval.bootstrap import wer_interval
-        from mpsearch.eval.wer import error_rates, utterance_errors
-
-        task = self.study.task(model, augment=False)
-        if not self.is_speech:
-            dev, test = task.evaluate(self.cfg.eval_split), task.evaluate("test")
-            return {"perplexity": dev["perplexity"], "test_perplexity": test["perplexity"]}
-        data = self.study.data
-        scores: dict[str, Any] = {}
-        for prefix, split in (("", self.cfg.eval_split), ("test_", "test")):
-            subset = data.split(split).subset(self.cfg.eval_utterances, seed=self.cfg.seed)
-            refs, hyps = task.transcribe(subset)
-            for name, value in error_rates(refs, hyps).items():
-                scores[prefix + name] = value
-            errors, words = utterance_errors(refs, hyps)
-            interval = wer_interval(errors, words)
-            scores[prefix + "wer_ci_low"], scores[prefix + "wer_ci_high"] = interval.low, interval.high
-            if not prefix:  # what paired comparisons against another trial need (see eval/bootstrap.py)
-                scores["utterances"] = utterance_record(split, refs, errors, words)
-        return scores
 
     def hardware_metrics(self, policy: Policy) -> dict[str, float]:
         return self.latency_model(self.sites, policy).metrics()
@@ -112,8 +88,32 @@ class TrialRunner:
             raise TrialError(f"the trial's {', '.join(bad)} came out non-finite")
         metrics["seconds"] = round(time.monotonic() - start, 1)
         metrics["threads"] = torch.get_num_threads()
-        metrics["baseline"] = self.study.baseline_key  # which float model the trial was scored from
+        if self.baseline is not None:
+            metrics["baseline"] = self.baseline  # which float model the trial was scored from
         return metrics
+
+
+def trial_scores(task: Task, data: SpeechData, cfg: SearchConfig) -> dict[str, Any]:
+    """Scores on the eval split (its seeded subset when `search.eval_utterances` is set) and on test: WER
+    with its interval and the per-utterance record of a speech task, perplexity of a language model."""
+    from mpsearch.eval.bootstrap import wer_interval
+    from mpsearch.eval.wer import error_rates, utterance_errors
+
+    if not hasattr(task, "transcribe"):
+        dev, test = task.evaluate(cfg.eval_split), task.evaluate("test")
+        return {"perplexity": dev["perplexity"], "test_perplexity": test["perplexity"]}
+    scores: dict[str, Any] = {}
+    for prefix, split in (("", cfg.eval_split), ("test_", "test")):
+        subset = data.split(split).subset(cfg.eval_utterances, seed=cfg.seed)
+        refs, hyps = task.transcribe(subset)
+        for name, value in error_rates(refs, hyps).items():
+            scores[prefix + name] = value
+        errors, words = utterance_errors(refs, hyps)
+        interval = wer_interval(errors, words)
+        scores[prefix + "wer_ci_low"], scores[prefix + "wer_ci_high"] = interval.low, interval.high
+        if not prefix:  # what paired comparisons against another trial need (see eval/bootstrap.py)
+            scores["utterances"] = utterance_record(split, refs, errors, words)
+    return scores
 
 
 def calibrated_model(float_model: torch.nn.Module, policy: Policy, emulation: str, profile: str,
@@ -148,10 +148,3 @@ def utterance_record(split: str, references: list[str], errors: list[int], words
 
     digest = hashlib.sha256("\n".join(references).encode()).hexdigest()[:16]
     return {"split": split, "references": digest, "errors": errors, "words": words}
-
-
-def _as_args(batch: Any) -> tuple:
-    """A task batch as the positional arguments of the model's forward."""
-    if hasattr(batch, "feats"):
-        return (batch.feats, batch.feat_lens, batch.targets, batch.target_lens)
-    return tuple(batch)

@@ -1,13 +1,14 @@
-"""The study's sensitivity stage: sensitivity.json and sensitivity.png in the study folder, reused while
-the baseline's weights and the sensitivity settings are unchanged (the report's key says so)."""
+"""The sensitivity stage: sensitivity.json and sensitivity.png in the study folder, reused while the
+baseline's weights and the sensitivity settings are unchanged (the report's key says so)."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -16,32 +17,24 @@ from mpsearch.config import SensitivityConfig
 from mpsearch.sensitivity.backends import BACKENDS
 from mpsearch.sensitivity.report import SensitivityReport, plot_traces, report_key
 
-if TYPE_CHECKING:  # the study sits above this package; only its interface is used here
-    from mpsearch.study import Study
-
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "sensitivity.json"
 PLOT_FILE = "sensitivity.png"
 
 
-def ensure_sensitivity(study: Study, backend: str | None = None) -> SensitivityReport:
-    """The study's sensitivity report: loaded when its key matches, else computed and written.
-
-    `backend` overrides `study.cfg.sensitivity.backend`. The float baseline is trained first if the
-    study has none yet.
-    """
-    cfg: SensitivityConfig = study.cfg.sensitivity
-    if backend is not None:
-        BACKENDS.get(backend)
-        cfg = cfg.model_copy(update={"backend": backend})
-    path, plot = Path(study.dir) / REPORT_FILE, Path(study.dir) / PLOT_FILE
-    model, _ = study.baseline()
+def ensure_sensitivity(folder: str | Path, model: nn.Module, batches: Callable[[int], Iterable[Any]],
+                       cfg: SensitivityConfig, progress: bool = False) -> SensitivityReport:
+    """The sensitivity report of the float `model` (left unchanged) in `folder`: loaded when its key
+    matches, else computed on the first `cfg.batches` of `batches(cfg.seed)` (unaugmented training
+    batches, as the model's loss takes them) and written with its plot."""
+    path, plot = Path(folder) / REPORT_FILE, Path(folder) / PLOT_FILE
 
     def compute() -> SensitivityReport:
-        use_twice_differentiable_loss(model)
-        report = BACKENDS.get(cfg.backend)(model, _sensitivity_batches(study, model, cfg), cfg,
-                                           progress=getattr(study, "progress", False))
+        probe = copy.deepcopy(model)
+        use_twice_differentiable_loss(probe)
+        report = BACKENDS.get(cfg.backend)(probe, itertools.islice(batches(cfg.seed), cfg.batches), cfg,
+                                           progress=progress)
         report.save(path)
         plot_traces(report, plot)
         log.info("wrote %s and %s (%.1f s)", path, plot, report.seconds)
@@ -66,12 +59,3 @@ def use_twice_differentiable_loss(model: nn.Module) -> None:
     if "ctc_impl" in fields and config.ctc_impl != "pure":
         model.config = config.model_copy(update={"ctc_impl": "pure"})
         log.info("using the pure-PyTorch CTC loss for second derivatives")
-
-
-def _sensitivity_batches(study: Study, model: nn.Module, cfg: SensitivityConfig) -> Iterator[Any]:
-    """`cfg.batches` training batches, without augmentation, drawn in a seeded shuffled order (the first
-    batches in length order would hold only the shortest utterances)."""
-    if getattr(model, "kind", None) == "lm":
-        return itertools.islice(study.task(model, augment=False).train_batches(cfg.seed), cfg.batches)
-    frames = cfg.max_batch_frames or study.cfg.data.max_batch_frames
-    return itertools.islice(study.data.train.batches(frames, shuffle=True, seed=cfg.seed), cfg.batches)
