@@ -2,6 +2,9 @@
 
 - Weight norm (torch.nn.utils.weight_norm and parametrizations.weight_norm) is folded into a plain
   weight: fake quantization and the chip both see the weight the layer computes with.
+- A BatchNorm1d in eval mode registered right after a Conv1d of its width (the order nn.Sequential and
+  model code such as a Conformer's convolution module run them in) is folded into that conv's weight and
+  bias, as the chip runs it; one in training mode (batch statistics) is left as it is.
 - Activation modules of other libraries (Hugging Face's GELUActivation and friends, matched by class
   name so nothing imports them) become the torch modules computing the same function.
 - Padding layers that pad or trim nothing become nn.Identity.
@@ -18,6 +21,7 @@ import copy
 import warnings
 from collections.abc import Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -63,7 +67,9 @@ def prepare(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
         replacements[name] = new
         if isinstance(new, SplitMultiheadAttention):
             renames.update(_attention_renames(name, module))
-    return swap_modules(model, replacements), renames
+    model = swap_modules(model, replacements)
+    _fold_batch_norms(model)
+    return model, renames
 
 
 def swap_modules(model: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
@@ -112,6 +118,40 @@ def _fold_weight_norm(module: nn.Module) -> None:
     module.__class__ = module.__class__.__bases__[0]
     for name, value in values.items():
         module.register_parameter(name, nn.Parameter(value))
+
+
+def _fold_batch_norms(model: nn.Module) -> None:
+    for parent in list(model.modules()):
+        previous = None
+        for child_name, child in list(parent.named_children()):
+            if _folds_into(child, previous):
+                _fold_batch_norm(previous, child)
+                setattr(parent, child_name, nn.Identity())
+            previous = child
+
+
+def _folds_into(norm: nn.Module, conv: nn.Module | None) -> bool:
+    return (type(norm) is nn.BatchNorm1d and not norm.training and norm.running_mean is not None
+            and isinstance(conv, nn.Conv1d) and conv.out_channels == norm.num_features
+            and not parametrize.is_parametrized(conv))
+
+
+@torch.no_grad()
+def _fold_batch_norm(conv: nn.Conv1d, norm: nn.BatchNorm1d) -> None:
+    """conv then norm (running statistics) as one conv: with f = gamma / sqrt(var + eps), weight W * f and
+    bias (b - mean) * f + beta."""
+    factor = torch.rsqrt(norm.running_var.double() + norm.eps)
+    if norm.weight is not None:
+        factor = factor * norm.weight.double()
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(factor)
+    bias = (bias - norm.running_mean.double()) * factor
+    if norm.bias is not None:
+        bias = bias + norm.bias.double()
+    conv.weight.copy_(conv.weight.double() * factor.reshape(-1, 1, 1))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+    else:
+        conv.bias.copy_(bias)
 
 
 def _replacement(module: nn.Module) -> nn.Module | None:

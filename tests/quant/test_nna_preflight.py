@@ -14,12 +14,12 @@ W8A8 = Policy.uniform(QuantConfig(weight_bits=8, act_bits=8))
 
 
 class Blocked(nn.Module):
-    """Three problems: a GroupNorm, a Mish, and an inline float product between two layers."""
+    """Three problems: an InstanceNorm, a Mish, and an inline float product between two layers."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv1d(4, 8, 3, padding=1)
-        self.norm = nn.GroupNorm(2, 8)
+        self.norm = nn.InstanceNorm1d(8, affine=True)
         self.act = nn.Mish()
         self.proj = nn.Linear(8, 8)
         self.out = nn.Linear(8, 5)
@@ -51,11 +51,11 @@ def test_every_blocker_is_listed_by_one_call_with_one_batch():
     assert all(isinstance(b, Blocker) for b in blockers)
     where = [(b.module, b.kind) for b in blockers]
     assert ("proj", "site") in where
-    assert ("norm", "GroupNorm") in where and ("act", "Mish") in where
+    assert ("norm", "InstanceNorm1d") in where and ("act", "Mish") in where
     assert ("out", "NNALinear") in where  # the inline `* 2.0` before it
     inline = next(b for b in blockers if b.module == "out")
     assert "MulBackward0" in inline.why and "op as a module" in inline.fix
-    # The GroupNorm's and Mish's float outputs are reported once, where they are, not again downstream.
+    # The InstanceNorm's and Mish's float outputs are reported once, where they are, not again downstream.
     assert len(blockers) == 4
 
 
@@ -64,7 +64,7 @@ def test_apply_raises_one_error_listing_all_blockers():
         apply(Blocked(), W8A8, emulation="nna")
     message = str(info.value)
     assert "2 blocker(s)" in message
-    assert "Module 'norm' (GroupNorm)" in message and "Module 'act' (Mish)" in message
+    assert "Module 'norm' (InstanceNorm1d)" in message and "Module 'act' (Mish)" in message
     assert [b.module for b in info.value.blockers] == ["norm", "act"]
 
 

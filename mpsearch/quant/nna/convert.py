@@ -12,6 +12,7 @@ from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.gru import NNAGRU
 from mpsearch.quant.nna.layers import NNAConv1d, NNAEmbedding, NNALinear, NNAWeighted
 from mpsearch.quant.nna.lstm import NNALSTM
+from mpsearch.quant.nna.norm import NNAGroupNorm
 from mpsearch.quant.nna.numerics import NNANumerics
 from mpsearch.quant.nna.ops import NNAGELU, NNAAdd, NNAReLU, NNASigmoid, NNASiLU, NNATanh
 from mpsearch.quant.nna.transformer import (
@@ -55,7 +56,8 @@ def check_site(site_name: str, cfg: QuantConfig | None, numerics: NNANumerics) -
 
 
 def supported_names() -> str:
-    names = [c.__name__ for c in (*NNA_MODULES, *NNA_OPS, nn.LayerNorm)] + [f"op '{n}'" for n in NNA_NAMED_OPS]
+    names = [c.__name__ for c in (*NNA_MODULES, *NNA_OPS, nn.LayerNorm, nn.GroupNorm)]
+    names += [f"op '{n}'" for n in NNA_NAMED_OPS]
     return ", ".join([*names, "Dropout"])
 
 
@@ -104,10 +106,13 @@ def _replacement(name: str, module: nn.Module, per_module: Mapping[str, Mapping[
             return nna_cls.from_op(module, numerics) if nna_cls is not NNAReLU else NNAReLU()
     if isinstance(module, nn.LayerNorm):
         return NNALayerNorm.from_op(module, numerics)
+    if type(module) is nn.GroupNorm:
+        return NNAGroupNorm.from_op(module, numerics)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         raise NNAError(f"Module '{name}' ({type(module).__name__}) has no NNA integer version: the chip folds "
-                       "batch norm into the convolution before it, which QAT with batch statistics cannot "
-                       "follow; use a LayerNorm (a Conformer's conv_norm: layer, the default).")
+                       "batch norm into the convolution before it, which apply() does for a BatchNorm1d in eval "
+                       "mode registered right after its Conv1d; put the model in eval mode before apply, or use "
+                       "a LayerNorm (a Conformer's conv_norm: layer, the default).")
     op_name = getattr(type(module), "op_name", None)
     if op_name is not None:
         if op_name not in NNA_NAMED_OPS:

@@ -63,6 +63,19 @@ def _kind(module: NNAModule) -> str:
                    f"{', '.join(kind for _, kind in KINDS)}, tanh, sigmoid, silu, gelu.")
 
 
+def _check_exportable(modules: dict[str, NNAModule]) -> None:
+    """One line naming the first module the integer executor cannot run (the emulation runs more)."""
+    for name, module in modules.items():
+        if isinstance(module, NNALSTM) and module.bidirectional:
+            raise NNAError(f"'{name}' is a bidirectional LSTM, which has no integer export (the executor runs "
+                           "unidirectional LSTMs); train it with emulation='nna', or export a unidirectional model.")
+        try:
+            _kind(module)
+        except NNAError as exc:
+            raise NNAError(f"'{name}' has no integer export: {exc} Train it with emulation='nna', or export a "
+                           "model built from the supported modules.") from None
+
+
 def _site(name: str, codes: torch.Tensor, bits: int) -> dict[str, Any]:
     numel = codes.numel()
     return {"bits": bits, "shape": list(codes.shape), "numel": numel,
@@ -137,6 +150,7 @@ def export_int(model: nn.Module, path: str | Path) -> dict[str, Any]:
         if module.phase != "frozen":
             raise NNAError(f"'{name}' is not calibrated; run calibrate_nna(model, batches) before "
                            "export_int.")
+    _check_exportable(modules)
     arrays: dict[str, np.ndarray] = {}
     sites: dict[str, dict[str, Any]] = {}
     infos = {name: _export_module(name, module, arrays, sites) for name, module in modules.items()}

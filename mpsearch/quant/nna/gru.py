@@ -195,7 +195,8 @@ class NNAGRU(NNAWeighted, QuantGRU):
                 steps = []
                 for projected_t in projected.unbind(1):
                     h, pre = gru_cell(projected_t, F.linear(h, w_hh, b_hh), h)
-                    peak = torch.maximum(peak, pre.detach().abs().reshape(batch, 3, hidden).amax(dim=(0, 2)).cpu().double())
+                    per_gate = pre.detach().abs().reshape(batch, 3, hidden).amax(dim=(0, 2))
+                    peak = torch.maximum(peak, per_gate.cpu().double())
                     steps.append(h)
                 y = torch.stack(steps, dim=1)
                 outputs.append(y.flip(1) if direction else y)

@@ -20,11 +20,8 @@ from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.gradients import grad_wanted
 from mpsearch.quant.nna.kernels import act_scale, multipliers
+from mpsearch.quant.nna.norm import norm_affine, norm_eps_term
 from mpsearch.quant.nna.numerics import (
-    NORM_EPS_FRAC_BITS,
-    NORM_FRAC_BITS,
-    NORM_GAMMA_BITS,
-    NORM_MAX_EPS,
     ROTARY_FRAC_BITS,
     SOFTMAX_MIN_PEAK,
     NNANumerics,
@@ -36,12 +33,10 @@ from mpsearch.quant.nna.numerics import (
     rotary_tables,
     saturate,
     sigmoid,
-    signed_range,
     softmax_codes,
     softmax_numerator,
 )
 from mpsearch.quant.nna.ops import NNAOp
-from mpsearch.quant.parts import MIN_SCALE
 
 
 class NNALayerNorm(NNAModule, nn.LayerNorm):
@@ -77,26 +72,10 @@ class NNALayerNorm(NNAModule, nn.LayerNorm):
 
     def integer_params(self) -> dict[str, Tensor]:
         """gamma (int16 codes), beta (int32), eps_term (int64), multiplier and shift of the output."""
-        device, channels = self.out_scale.device, self.normalized_shape[0]
-        gamma_max = signed_range(NORM_GAMMA_BITS)[1]
-        if self.weight is None:
-            gamma, gamma_scale = torch.ones(channels, dtype=torch.int64, device=device), 1.0
-        else:
-            weight = self.weight.detach().double()
-            gamma_scale = max(float(weight.abs().max()) / gamma_max, MIN_SCALE)
-            gamma = torch.round(weight / gamma_scale).to(torch.int64).clamp(-gamma_max, gamma_max)
-        acc_scale = gamma_scale * 2.0 ** -NORM_FRAC_BITS
-        if self.bias is None:
-            beta = torch.zeros(channels, dtype=torch.int64, device=device)
-        else:
-            beta = saturate(torch.round(self.bias.detach().double() / acc_scale).to(torch.int64),
-                            self.numerics.acc_range)
-        in_scale = float(self.in_scales[0])
-        eps_term = min(round(self.eps * channels * channels / (in_scale * in_scale) * 2.0 ** NORM_EPS_FRAC_BITS),
-                       NORM_MAX_EPS)
-        (m,), shift = multipliers([acc_scale / float(self.out_scale)], self.numerics, device)
-        return {"gamma": gamma, "beta": beta, "eps": torch.tensor(eps_term, device=device),
-                "gamma_scale": torch.tensor(gamma_scale), "multiplier": m, "shift": shift}
+        channels = self.normalized_shape[0]
+        p = norm_affine(self.weight, self.bias, channels, self.out_scale, self.numerics)
+        eps_term = norm_eps_term(self.eps, channels, float(self.in_scales[0]))
+        return {**p, "eps": torch.tensor(eps_term, device=self.out_scale.device)}
 
     def forward(self, x: Tensor) -> Tensor:
         if self.check_ready():

@@ -70,3 +70,73 @@ def test_bidirectional_lstm_runs_the_lstm_cell_both_ways():
     assert isinstance(emulated.rnn, NNALSTM) and emulated.rnn.gate_scales.shape == (4, 4)
     # Both directions of a layer share one hidden scale: their concatenation is one int8 tensor.
     assert emulated.rnn.hidden_scales.shape == (2,)
+
+
+class ConvNorm(nn.Module):
+    def __init__(self, norm: nn.Module, act: nn.Module | None = None):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3, padding=1)
+        self.norm = norm
+        self.act = act or nn.Identity()
+        self.head = nn.Conv1d(8, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.act(self.norm(self.conv(x))))
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_group_norm_runs_the_layer_norm_kernel_per_group(groups):
+    from mpsearch.quant.nna.norm import NNAGroupNorm
+
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(groups, 8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    emulated = emulate(ConvNorm(norm), torch.randn(2, 4, 20))
+    assert isinstance(emulated.norm, NNAGroupNorm)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_of_either_form_is_one_table(approximate):
+    from mpsearch.quant.nna.ops import NNAGELU
+
+    torch.manual_seed(0)
+    emulated = emulate(ConvNorm(nn.Identity(), nn.GELU(approximate=approximate)), torch.randn(2, 4, 20))
+    assert isinstance(emulated.act, NNAGELU)
+
+
+def test_batch_norm_after_a_conv_is_folded_into_it_in_eval_mode():
+    torch.manual_seed(0)
+    norm = nn.BatchNorm1d(8)
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    model = ConvNorm(norm, nn.ReLU()).eval()
+    x = torch.randn(2, 4, 20)
+    folded = apply(model, W8A8)  # the fake-quant path folds it too
+    assert isinstance(folded.norm, nn.Identity) and folded.conv.bias is not None
+    emulated = emulate(model, x)
+    assert isinstance(emulated.norm, nn.Identity)
+    # In training mode batch statistics move every step: the chip cannot follow, and the preflight says so.
+    blockers = nna_preflight(model.train(), W8A8, (x,))
+    assert [(b.module, b.kind) for b in blockers] == [("norm", "BatchNorm1d")]
+    assert "eval mode" in blockers[0].fix
+
+
+def test_export_names_the_module_the_executor_cannot_run(tmp_path):
+    from mpsearch.quant.nna import NNAError, export_int
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 10)
+    for rnn, name in ((nn.GRU(8, 12, batch_first=True), "NNAGRU"),
+                      (nn.LSTM(8, 6, batch_first=True, bidirectional=True), "bidirectional LSTM")):
+        emulated = apply(ConvRecurrent(rnn, 12).eval(), W8A8, emulation="nna")
+        calibrate_nna(emulated, [(x,)])
+        with pytest.raises(NNAError, match=f"^'rnn' (has no integer export: No integer export for )?(is a )?{name}") \
+                as info:
+            export_int(emulated, tmp_path / "model.npz")
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "model.npz").exists()
