@@ -35,7 +35,7 @@ from torch import nn
 from mpsearch.config import SupernetConfig
 from mpsearch.models import RNNT, RNNTConfig
 from mpsearch.quant import Policy, QuantConfig, apply, find_sites
-from mpsearch.search.space import SearchSpace
+from mpsearch.space import SearchSpace
 from mpsearch.supernet import ExpectedCost, Supernet, SupernetTrainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from mpsearch.search.pareto import FrontTable
     from mpsearch.search.pick import PickedTrial
     from mpsearch.sensitivity.report import SensitivityReport
-    from mpsearch.search.space import SearchSpace
+    from mpsearch.space import SearchSpace
     from mpsearch.supernet.search import SupernetCandidate
     from mpsearch.training.user import UserModel
 
@@ -192,7 +192,7 @@ class Study:
     def search_space(self) -> SearchSpace:
         """The study's SearchSpace (`search.space`), checked against the model's sites (built once)."""
         if "_space" not in self.__dict__:
-            from mpsearch.search.space import SearchSpace
+            from mpsearch.space import SearchSpace
 
             if self.user is not None and self.user.space is not None:
                 space = SearchSpace.from_dict(dict(self.user.space), self.sites(), source="search_model(space=...)")

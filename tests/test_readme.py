@@ -17,7 +17,7 @@ import pytest
 from mpsearch.cli.main import build_parser
 from mpsearch.config import Section, StudyConfig
 from mpsearch.hardware.profile import HardwareProfile
-from mpsearch.search.space import GROUP_KEYS, SearchSpace
+from mpsearch.space import GROUP_KEYS, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

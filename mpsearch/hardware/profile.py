@@ -17,9 +17,8 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from mpsearch.artifacts import write_text
 from mpsearch.config import Section
 from mpsearch.errors import ConfigError
+from mpsearch.quant.accelerator import NNANumerics
 from mpsearch.quant.config import MAX_BITS, MIN_BITS
-from mpsearch.quant.nna.errors import NNAError
-from mpsearch.quant.nna.numerics import NNANumerics
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ class HardwareProfile(Section):
             return value
         try:
             numerics = NNANumerics.from_dict(value)
-        except NNAError as exc:
+        except ConfigError as exc:
             # "The numerics 'x' must ..." reads "'numerics' key 'x' must ..." after the field name.
             raise ValueError(str(exc).rstrip(".").replace("The numerics '", "key '", 1)) from None
         moved = info.data.get("activation_bits")

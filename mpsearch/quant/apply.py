@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from mpsearch.errors import ConfigError, MpsearchError, PolicyError
 from mpsearch.quant.config import QuantConfig
-from mpsearch.quant.methods.sparsity import check_sparsity_shape
 from mpsearch.quant.modules import QUANT_MODULES, QuantModule
 from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.errors import NNAError
@@ -21,6 +20,7 @@ from mpsearch.quant.prepare import prepared_configs, prepared_copy, swap_modules
 from mpsearch.quant.quantizers import QUANTIZERS, ActivationQuantizer, WeightQuantizer
 from mpsearch.quant.recurrent import RECURRENT_QUANT_MODULES
 from mpsearch.quant.sites import Site, find_sites
+from mpsearch.quant.sparsity import check_sparsity_shape
 
 EMULATIONS = ("none", "nna")
 QUANT_SWAPS = {**QUANT_MODULES, **RECURRENT_QUANT_MODULES}

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpsearch.errors import PolicyError
+from mpsearch.registry import Registry
+
+if TYPE_CHECKING:
+    from mpsearch.quant.sparsity import Sparsifier
 
 MIN_BITS, MAX_BITS = 2, 8
 GRANULARITIES = ("per_channel", "per_tensor")
-SPARSITY_METHODS = ("magnitude", "regrow", "csp", "nm")
+# Sparsity method name -> Sparsifier class; the classes register themselves in `quant.sparsity`, which
+# `mpsearch.quant` imports, so the names are known wherever a SparsityConfig is built.
+SPARSIFIERS: Registry[type[Sparsifier]] = Registry("sparsity method")
 
 
 @dataclass(frozen=True)
@@ -23,8 +29,8 @@ class SparsityConfig:
     m: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in SPARSITY_METHODS:
-            raise PolicyError(f"Unknown sparsity method '{self.method}'; valid choices: {', '.join(SPARSITY_METHODS)}.")
+        if self.method not in SPARSIFIERS:
+            raise PolicyError(f"Unknown sparsity method '{self.method}'; valid choices: {', '.join(SPARSIFIERS)}.")
         if self.method == "nm":
             if not (self.n and self.m and 0 < self.n < self.m):
                 raise PolicyError(f"N:M sparsity needs 0 < n < m; got n={self.n}, m={self.m}.")
@@ -51,7 +57,7 @@ class SparsityConfig:
             if unknown:
                 raise PolicyError(f"Unknown sparsity key(s) {sorted(unknown)}; valid keys: method, fraction, n, m.")
             if "method" not in value:
-                raise PolicyError(f"A sparsity mapping needs 'method' ({', '.join(SPARSITY_METHODS)}).")
+                raise PolicyError(f"A sparsity mapping needs 'method' ({', '.join(SPARSIFIERS)}).")
             return cls(**value)
         raise PolicyError(f"Sparsity must be null, 'N:M' or a mapping with 'method'; got {value!r}.")
 

@@ -23,8 +23,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from mpsearch.errors import PolicyError
 from mpsearch.quant.config import QuantConfig
-from mpsearch.quant.methods.sparsity import make_sparsifier
 from mpsearch.quant.quantizers import make_activation_quantizer, make_weight_quantizer
+from mpsearch.quant.sparsity import make_sparsifier
 
 RECURRENT_PATHS = ("auto", "fused", "unrolled")
 

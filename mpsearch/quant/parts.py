@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from mpsearch.errors import PolicyError
 from mpsearch.quant.config import MAX_BITS, MIN_BITS
+from mpsearch.quant.rounding import ROUNDINGS
 from mpsearch.registry import Registry
 
 # A floor for scales: an all-zero channel would otherwise divide by zero (its values stay zero).
@@ -67,41 +68,28 @@ class BitWidth(nn.Module):
         return f"bits={self.bits}, mode={self.mode}, range=[{self.qmin}, {self.qmax}]"
 
 
-class RoundHalfEven(nn.Module):
-    """Round to nearest, ties to even (torch.round, numpy.rint), with a straight-through gradient."""
+class Rounding(nn.Module):
+    """A rounding mode of `mpsearch.quant.rounding.ROUNDINGS` as a quantizer part, with a straight-through
+    gradient. Holds the mode's name only, so quantizer state stays plain values."""
 
-    @staticmethod
-    def round(x: Tensor) -> Tensor:
-        return torch.round(x)
+    def __init__(self, mode: str = "half_even") -> None:
+        super().__init__()
+        ROUNDINGS.get(mode)
+        self.mode = mode
 
-    @staticmethod
-    def round_(x: Tensor) -> Tensor:
+    def round(self, x: Tensor) -> Tensor:
+        return ROUNDINGS.get(self.mode).round(x)
+
+    def round_(self, x: Tensor) -> Tensor:
         """In place, for tensors no one else holds (inside fake_quantize)."""
-        return x.round_()
+        return ROUNDINGS.get(self.mode).round_(x)
 
     def forward(self, x: Tensor) -> Tensor:
         # x + (r - x) is exactly r for |r - x| <= 0.5, so the value is the integer and the gradient is 1.
         return x + (self.round(x) - x).detach()
 
-
-class RoundHalfAway(RoundHalfEven):
-    """Round to nearest, ties away from zero (C's round(), common in fixed-point hardware)."""
-
-    @staticmethod
-    def round(x: Tensor) -> Tensor:
-        # floor(|x| + 0.5) is wrong just below a tie (0.49999997 + 0.5 rounds up to 1.0 in float32).
-        trunc = torch.trunc(x)
-        tie = (x - trunc).abs() == 0.5
-        return torch.where(tie, trunc + torch.sign(x), torch.round(x))
-
-    @classmethod
-    def round_(cls, x: Tensor) -> Tensor:
-        return x.copy_(cls.round(x))
-
-
-ROUNDINGS: Registry[type[RoundHalfEven]] = Registry("rounding mode")
-ROUNDINGS.register("half_even")(RoundHalfEven)
-ROUNDINGS.register("half_away")(RoundHalfAway)
+    def extra_repr(self) -> str:
+        return self.mode
 
 
 def scale_shape(weight_shape: tuple[int, ...] | torch.Size, per_channel: bool) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from mpsearch.config import StudyConfig
     from mpsearch.search.objective import TrialRunner
     from mpsearch.search.warm_start import WarmStart
-    from mpsearch.search.space import SearchSpace
+    from mpsearch.space import SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mpsearch.search.space import SearchSpace
+from mpsearch.space import SearchSpace
 
 if TYPE_CHECKING:
     from mpsearch.config import WarmStartConfig

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from mpsearch.errors import MpsearchError, PolicyError
 from mpsearch.quant.config import QuantConfig, SparsityConfig
-from mpsearch.quant.methods.sparsity import check_sparsity_shape
 from mpsearch.quant.quantizers import make_weight_quantizer
-from mpsearch.search.space import DENSE, sparsity_from_label
+from mpsearch.quant.sparsity import check_sparsity_shape
+from mpsearch.space import DENSE, sparsity_from_label
 
 
 class SupernetError(MpsearchError):

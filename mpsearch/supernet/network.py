@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from mpsearch.quant import Policy, QuantConfig, apply, find_sites
 from mpsearch.quant.modules import QuantModule
 from mpsearch.quant.sites import Site
-from mpsearch.search.space import Group, SearchSpace
+from mpsearch.space import Group, SearchSpace
 from mpsearch.supernet.mixed import Choice, MixedPrecisionWeight, SupernetError
 
 

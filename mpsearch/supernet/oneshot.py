@@ -26,7 +26,7 @@ from mpsearch.supernet.network import ChoiceSet, Supernet
 
 if TYPE_CHECKING:
     from mpsearch.config import TrainConfig
-    from mpsearch.search.space import SearchSpace
+    from mpsearch.space import SearchSpace
     from mpsearch.training.tasks import Task
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from mpsearch.config import SupernetConfig
 from mpsearch.errors import DataError, TrialError
 from mpsearch.quant import Policy
-from mpsearch.search.space import SearchSpace
 from mpsearch.sensitivity.loss import batch_loss as model_loss
+from mpsearch.space import SearchSpace
 from mpsearch.supernet.cost import ExpectedCost, LatencySource, as_latency_model
 from mpsearch.supernet.network import Supernet
 

@@ -13,7 +13,7 @@ import torch
 
 from mpsearch.artifacts import cached, read_json, write_json
 from mpsearch.config import HardwareConfig, SupernetConfig, config_hash
-from mpsearch.search.space import SearchSpace
+from mpsearch.space import SearchSpace
 from mpsearch.supernet.search import SupernetCandidate, search
 
 log = logging.getLogger(__name__)

@@ -7,15 +7,11 @@ from hypothesis import strategies as st
 
 from mpsearch.errors import MpsearchError, PolicyError
 from mpsearch.quant import ACTIVATION_QUANTIZERS, QUANTIZERS, QuantConfig
-from mpsearch.quant.parts import BitWidth, MinMaxScale, MseScale, RoundHalfAway, RoundHalfEven
-from mpsearch.quant.quantizers import (
-    LsqActivationQuantizer,
-    LsqQuantizer,
-    MinMaxActivationQuantizer,
-    UniformQuantizer,
-    make_activation_quantizer,
-    make_weight_quantizer,
-)
+from mpsearch.quant.activation_quantizers import LsqActivationQuantizer, MinMaxActivationQuantizer
+from mpsearch.quant.parts import BitWidth, MinMaxScale, MseScale
+from mpsearch.quant.quantizers import make_activation_quantizer, make_weight_quantizer
+from mpsearch.quant.rounding import RoundHalfAway, RoundHalfEven, RoundHalfUp
+from mpsearch.quant.weight_quantizers import LsqQuantizer, UniformQuantizer
 
 
 def test_registries():
@@ -61,6 +57,7 @@ def test_rounding_modes_differ_only_on_ties():
     x = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49999997, -0.49999997, 1.2, -1.7])
     assert RoundHalfEven.round(x).tolist() == [-2, -2, -0, 0, 2, 2, 0, -0, 1, -2]
     assert RoundHalfAway.round(x).tolist() == [-3, -2, -1, 1, 2, 3, 0, 0, 1, -2]
+    assert RoundHalfUp.round(x).tolist() == [-2, -1, -0, 1, 2, 3, 0, -0, 1, -2]
 
 
 @settings(max_examples=60, deadline=None)
@@ -179,10 +176,10 @@ def test_lsq_refuses_asymmetric_weights_with_a_fix():
 def test_options_are_validated():
     w = torch.randn(3, 3)
     q = make_weight_quantizer(QuantConfig(options={"rounding": "half_away"}), w)
-    assert isinstance(q.rounding, RoundHalfAway)
+    assert q.rounding.mode == "half_away"
     with pytest.raises(PolicyError, match="Unknown option.*'tempreature'.*valid options: act_momentum, rounding"):
         make_weight_quantizer(QuantConfig(options={"tempreature": 1.0}), w)
-    with pytest.raises(MpsearchError, match="Unknown rounding mode 'up'; valid choices: half_away, half_even"):
+    with pytest.raises(MpsearchError, match="Unknown rounding mode 'up'; valid choices: half_away, half_even, half_up"):
         make_weight_quantizer(QuantConfig(options={"rounding": "up"}), w)
     with pytest.raises(PolicyError, match="'act_momentum' must be a number in"):
         make_weight_quantizer(QuantConfig(options={"act_momentum": 2}), w)

@@ -6,7 +6,7 @@ import yaml
 from mpsearch.errors import ConfigError
 from mpsearch.quant import QuantConfig
 from mpsearch.quant.sites import Site
-from mpsearch.search.space import SearchSpace
+from mpsearch.space import SearchSpace
 
 SITES = [Site(name, name.rsplit(".", 1)[0], "weight", "linear", (4, 4), 16)
          for name in ("encoder.a", "encoder.b", "predictor.c", "joiner.d")]

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from mpsearch.quant import find_sites
-from mpsearch.search.space import SearchSpace
+from mpsearch.space import SearchSpace
 from mpsearch.testing.toy_models import ToySpeechModel, toy_batch
 
 

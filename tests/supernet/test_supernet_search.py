@@ -12,7 +12,7 @@ from mpsearch.config import SupernetConfig
 from mpsearch.hardware import RooflineLatencyModel, load_profile
 from mpsearch.models import Conformer, ConformerConfig, TransformerLM, TransformerLMConfig
 from mpsearch.quant import find_sites
-from mpsearch.search.space import SearchSpace
+from mpsearch.space import SearchSpace
 from mpsearch.supernet import ExpectedCost, MixedPrecisionWeight, Supernet, search
 
 

@@ -13,7 +13,7 @@ from mpsearch.errors import ConfigError
 from mpsearch.hardware import RooflineLatencyModel
 from mpsearch.models import RNNT, RNNTConfig
 from mpsearch.quant import Policy, find_sites
-from mpsearch.search.space import SearchSpace
+from mpsearch.space import SearchSpace
 from mpsearch.study import Study, StudyResult
 from mpsearch.supernet import stage
 

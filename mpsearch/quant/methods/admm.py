@@ -19,11 +19,10 @@ import torch
 from torch import Tensor
 
 from mpsearch.quant.config import QuantConfig
-from mpsearch.quant.methods.options import check_number
-from mpsearch.quant.methods.protocol import ScheduledMethod
+from mpsearch.quant.options import check_number
 from mpsearch.quant.parts import least_squares_scale
-from mpsearch.quant.quantizers import QUANTIZERS, UniformQuantizer
-
+from mpsearch.quant.scheduled import ScheduledMethod
+from mpsearch.quant.weight_quantizers import QUANTIZERS, UniformQuantizer
 
 
 @QUANTIZERS.register("admm")

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from mpsearch.errors import PolicyError
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.methods.codebook import INT8_MAX, groups, nearest, round_ste
-from mpsearch.quant.methods.options import check_number
-from mpsearch.quant.methods.protocol import ScheduledMethod
+from mpsearch.quant.options import check_number
 from mpsearch.quant.parts import MIN_SCALE, grad_scale, scale_shape
-from mpsearch.quant.quantizers import QUANTIZERS, WeightQuantizer
+from mpsearch.quant.scheduled import ScheduledMethod
+from mpsearch.quant.weight_quantizers import QUANTIZERS, WeightQuantizer
 
 # The initial mu and clipping are the pair with the least squared error on the weight among these.
 # Both lists are the same at every bit width and mu ~ 0 is the uniform grid, which is what keeps the

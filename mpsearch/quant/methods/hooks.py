@@ -1,10 +1,10 @@
 """training_hooks: every method's loss terms and scheduled updates, as the trainer's two callbacks.
 
-    hooks = training_hooks(model, total_steps=cfg.max_steps)
-    train(task, cfg, extra_loss=hooks.extra_loss, after_step=hooks.after_step)
-    hooks.finish()   # end states (hard GQ assignment, target sparsity), whatever step training stopped at
+    train(task, cfg, training_hooks(model, total_steps=cfg.max_steps))
+    # train() ends with hooks.finish(): end states (hard GQ assignment, target sparsity), whatever step
+    # training stopped at
 
-Methods take part through `ScheduledMethod` (methods.protocol): GQ anneals its temperature, S8BQAT adds
+Methods take part through `ScheduledMethod` (quant.scheduled): GQ anneals its temperature, S8BQAT adds
 MRACos and hard-compresses every K steps, ADMM adds its penalty and updates Z and U every K steps, the
 sparsifiers follow their mask schedules and CSP adds its compression-error term.
 """
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from mpsearch.errors import ConfigError
-from mpsearch.quant.methods.protocol import ScheduledMethod, has_loss_term
 from mpsearch.quant.modules import QuantModule
+from mpsearch.quant.scheduled import ScheduledMethod, has_loss_term
 
 
 class ScheduledSite(NamedTuple):

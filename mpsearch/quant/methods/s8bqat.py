@@ -26,10 +26,10 @@ from torch import Tensor
 from mpsearch.errors import PolicyError
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.methods.codebook import INT8_MAX, groups, nearest
-from mpsearch.quant.methods.options import check_choice, check_number
-from mpsearch.quant.methods.protocol import ScheduledMethod
+from mpsearch.quant.options import check_choice, check_number
 from mpsearch.quant.parts import MIN_SCALE, scale_shape
-from mpsearch.quant.quantizers import QUANTIZERS, WeightQuantizer
+from mpsearch.quant.scheduled import ScheduledMethod
+from mpsearch.quant.weight_quantizers import QUANTIZERS, WeightQuantizer
 
 TRAIN_FORWARDS = ("float", "quantized")
 

@@ -44,11 +44,11 @@ from mpsearch.quant.nna.numerics import (
     build_lut,
     lut_inputs,
     requantize,
-    rounding_half,
     rounding_shift,
     saturate,
 )
 from mpsearch.quant.parts import MIN_SCALE
+from mpsearch.quant.rounding import rounding_half
 
 # PyTorch's gate order along the 4H rows: input, forget, cell candidate, output.
 GATE_FUNCTIONS = ("sigmoid", "sigmoid", "tanh", "sigmoid")
@@ -368,7 +368,8 @@ class IntegerCell:
             pre.clamp_(*n.acc_range)
         pre = pre.mul_(self.m_hh).add_(x_terms)
         # half_up's constant rides on the input terms already (`input_terms`).
-        pre = rounding_shift(pre, self.gate_shift, n.rounding, in_place=True, half=0)
+        pre = rounding_shift(pre, self.gate_shift, n.rounding, in_place=True,
+                             half=0 if n.rounding == "half_up" else self.gate_half)
         gates = lookup(self.luts, pre.clamp_(lo, hi).add_(self.offsets))
         i, f, g, o = gates.split(hidden, dim=1)
         total = torch.addcmul((i * g).mul_(self.m_ig), f, c_q, value=self.m_fc)

@@ -8,14 +8,14 @@ from mpsearch.errors import PolicyError
 from mpsearch.quant import Policy, QuantConfig, apply, export_weights, quantized_sites
 from mpsearch.quant.config import SparsityConfig
 from mpsearch.quant.methods.hooks import training_hooks
-from mpsearch.quant.methods.sparsity import (
+from mpsearch.quant.modules import QuantModule
+from mpsearch.quant.sparsity import (
     CompressedSensingSparsifier,
     MagnitudeSparsifier,
     NMSparsifier,
     RegrowSparsifier,
     make_sparsifier,
 )
-from mpsearch.quant.modules import QuantModule
 from mpsearch.testing.toy_models import ToySpeechModel, toy_batch
 
 

@@ -10,11 +10,12 @@ from mpsearch.quant.nna import NNANumerics, calibrate_nna, checking_grid
 from mpsearch.quant.nna import codes as nna_codes
 from mpsearch.quant.nna.codes import GATHER_CHUNK, DeferredValue, TableCodes
 from mpsearch.quant.nna.lstm import SurrogateLSTMLayer, _float_cell
-from mpsearch.quant.nna.numerics import ROUNDINGS, requantize_sum
+from mpsearch.quant.nna.numerics import requantize_sum
 from mpsearch.quant.nna.ops import NNAAdd
+from mpsearch.quant.rounding import ROUNDINGS
 
 
-@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("rounding", ROUNDINGS.names())
 @pytest.mark.parametrize("multiplier_bits, scales", [(15, (0.03, 0.011, 0.02)), (11, (0.5, 0.004, 0.01)),
                                                       (30, (0.007, 0.007, 0.1))])
 def test_add_table_equals_requantize_sum(rounding, multiplier_bits, scales):

@@ -40,10 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from mpsearch.errors import PolicyError
-from mpsearch.quant.config import QuantConfig, SparsityConfig
-from mpsearch.quant.methods.options import check_number
-from mpsearch.quant.methods.protocol import ScheduledMethod
-from mpsearch.registry import Registry
+from mpsearch.quant.config import SPARSIFIERS, QuantConfig, SparsityConfig
+from mpsearch.quant.options import check_number
+from mpsearch.quant.scheduled import ScheduledMethod
 
 SPARSITY_OPTIONS: dict[str, Any] = {"sparsity_every": 20, "sparsity_start": 0.0, "sparsity_end": 0.75,
                                     "csp_rho": 0.05}
@@ -135,9 +134,6 @@ def _prune_smallest(scores: Tensor, fraction: float) -> Tensor:
     if count:
         keep[torch.argsort(scores.reshape(-1), stable=True)[:count]] = False
     return keep.reshape(scores.shape)
-
-
-SPARSIFIERS: Registry[type[Sparsifier]] = Registry("sparsity method")
 
 
 class FeedbackSparsifier(Sparsifier):

@@ -1,6 +1,6 @@
 """What a quantizer or sparsifier implements to take part in training beyond its forward pass.
 
-`methods.hooks.training_hooks` finds every ScheduledMethod in a quantized model and calls these with the
+`methods.hooks.training_hooks` finds every ScheduledMethod (quantizer or sparsifier) in a quantized model and calls these with the
 weight the method is attached to, so the trainer itself stays generic.
 """
 
