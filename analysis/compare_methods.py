@@ -84,9 +84,7 @@ def fine_tune(study: Study, baseline: torch.nn.Module, cfg: QuantConfig, steps: 
         "max_steps": steps, "max_minutes": None, "lr": lr,
         "warmup_steps": min(study.cfg.train.warmup_steps, steps // 10),
         "eval_every": steps + 1, "checkpoint_every": steps + 1, "threads": threads})
-    hooks = training_hooks(model, steps)
-    result = train(task, train_cfg, progress=False, extra_loss=hooks.extra_loss, after_step=hooks.after_step)
-    hooks.finish()
+    result = train(task, train_cfg, training_hooks(model, steps), progress=False)
     return task.evaluate("dev"), task.evaluate("test"), result.seconds, result.final_loss
 
 

@@ -60,10 +60,8 @@ class TrialRunner:
         from mpsearch.training.trainer import train
 
         cfg = self.cfg.finetune if steps is None else self.cfg.finetune.model_copy(update={"max_steps": steps})
-        task = self.make_task(model, cfg.augment)
-        hooks = training_hooks(model, total_steps=cfg.max_steps)
-        result = train(task, cfg, progress=progress, extra_loss=hooks.extra_loss, after_step=hooks.after_step)
-        hooks.finish()
+        result = train(self.make_task(model, cfg.augment), cfg, training_hooks(model, total_steps=cfg.max_steps),
+                       progress=progress)
         return {"steps": result.steps, "final_loss": result.final_loss, "seconds": round(result.seconds, 1)}
 
     def hardware_metrics(self, policy: Policy) -> dict[str, float]:

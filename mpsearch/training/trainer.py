@@ -1,5 +1,6 @@
-"""One training loop for float baselines and QAT fine-tunes: AdamW, warm-up then cosine decay over the
-step or time budget (whichever runs out first), gradient clipping, atomic checkpoints it resumes from."""
+"""The one training loop, for float baselines, QAT fine-tunes, policies trained for export and a user's own
+model (through its task): AdamW, warm-up then cosine decay over the step or time budget (whichever runs
+out first), gradient clipping, atomic checkpoints it resumes from."""
 
 from __future__ import annotations
 
@@ -39,16 +40,29 @@ def _lr_factor(progress: float, warmup_fraction: float) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, rest)))
 
 
-def train(task: Task, cfg: TrainConfig, checkpoint: Path | None = None, progress: bool = True,
-          on_eval: Callable[[int, dict], None] | None = None, extra_loss: Callable[[], torch.Tensor] | None = None,
-          after_step: Callable[[int], None] | None = None, checkpoint_key: str | None = None) -> TrainResult:
-    """Train `task.model` in place. With `checkpoint`, resume from it if present and save to it every
-    `cfg.checkpoint_every` steps and at the end, so a kill loses at most that many steps. With
-    `checkpoint_key` (a hash of what the training depends on), a checkpoint saved under another key, or
-    one that cannot be read, is set aside with a warning naming it and training starts afresh.
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a quantisation method adds to training (`quant.methods.hooks.training_hooks` makes them):
+    `extra_loss()` a regulariser (S8BQAT, ADMM), `after_step(step)` after each optimiser step (hard
+    compressors, mask updates), `finish()` the end state once training stops, at whatever step."""
 
-    `extra_loss` adds a regulariser (S8BQAT, ADMM); `after_step(step)` runs after each optimiser step
-    (hard compressors, mask updates)."""
+    extra_loss: Callable[[], torch.Tensor] | None = None
+    after_step: Callable[[int], None] | None = None
+
+    def finish(self) -> None:
+        pass
+
+
+def train(task: Task, cfg: TrainConfig, hooks: TrainHooks | None = None, *, checkpoint: Path | None = None,
+          checkpoint_key: str | None = None, progress: bool = True,
+          on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train `task.model` in place, then call `hooks.finish()`. With `checkpoint`, resume from it if
+    present and save to it every `cfg.checkpoint_every` steps and at the end, so a kill loses at most that
+    many steps. With `checkpoint_key` (a hash of what the training depends on), a checkpoint saved under
+    another key, or one that cannot be read, is set aside with a warning naming it and training starts
+    afresh. `hooks` (TrainHooks or the like) are the quantisation methods' part."""
+    hooks = hooks or TrainHooks()
+    extra_loss, after_step = hooks.extra_loss, hooks.after_step
     model = task.model
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -138,6 +152,7 @@ def train(task: Task, cfg: TrainConfig, checkpoint: Path | None = None, progress
     bar.close()
     seconds = elapsed_before + time.monotonic() - start
     save()
+    hooks.finish()
     return TrainResult(steps=step, seconds=seconds, final_loss=loss_ema, history=history)
 
 

@@ -3,7 +3,7 @@ import torch
 
 from mpsearch.config import TrainConfig
 from mpsearch.errors import TrialError
-from mpsearch.training.trainer import train
+from mpsearch.training.trainer import TrainHooks, train
 
 
 class RegressionTask:
@@ -54,7 +54,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(killed, CFG, checkpoint=tmp_path / "ckpt.pt", progress=False, after_step=kill)
+        train(killed, CFG, TrainHooks(after_step=kill), checkpoint=tmp_path / "ckpt.pt", progress=False)
     resumed = RegressionTask(seed=0)
     torch.nn.init.zeros_(resumed.model.weight)  # the checkpoint, not the init, must decide
     result = train(resumed, CFG, checkpoint=tmp_path / "ckpt.pt", progress=False)

@@ -8,7 +8,7 @@ from mpsearch.config import TrainConfig
 from mpsearch.errors import ConfigError
 from mpsearch.quant import Policy, QuantConfig, apply, quantized_sites
 from mpsearch.quant.methods.hooks import scheduled_sites, training_hooks
-from mpsearch.training.trainer import train
+from mpsearch.training.trainer import TrainHooks, train
 
 
 class RegressionTask:
@@ -65,7 +65,7 @@ def test_hooks_drive_every_schedule_through_the_trainer():
 
     task = RegressionTask(model)
     cfg = TrainConfig(max_steps=20, lr=0.01, warmup_steps=0, eval_every=100, checkpoint_every=100)
-    train(task, cfg, progress=False, extra_loss=extra_loss, after_step=record)
+    train(task, cfg, TrainHooks(extra_loss, record), progress=False)
     hooks.finish()
 
     assert temperatures[:10] == pytest.approx([0.5 * (1 - s / 10) for s in range(1, 11)])
