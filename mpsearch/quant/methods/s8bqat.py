@@ -13,6 +13,15 @@ Training forward (option `train_forward`): "float" (default, as in the paper) tr
 which the regularizer and the hard compressor keep close to the centroids; "quantized" fake-quantizes to
 the nearest centroid with a straight-through gradient, so the loss sees the deployed weights. Eval mode
 and export always use the nearest centroid.
+
+Schedule over a fine-tune of T steps: a soft phase (MRACos, a hard compression every `compress_every`
+steps), then, for the last `recovery` fraction of the steps, a recovery phase: one last hard compression
+starts it, and the rest trains the quantized forward (nearest centroid, straight-through) with the
+codebook frozen and no regularizer, so the loss recovers what the last compression cost while the
+deployed weights stay on the codebook. The paper (Zhen et al. 2022, arXiv:2206.15408, Sec. 3: the
+MRACos regularizer and the periodic hard compressor) ends training with the hard compressor; the
+recovery phase after it is our reading of how to keep the final compression from costing accuracy, and
+`recovery: 0` gives the paper's schedule.
 """
 
 from __future__ import annotations
@@ -89,20 +98,24 @@ class SubEightBitQuantizer(ScheduledMethod, WeightQuantizer):
     `set_bits` refits them on the next weight the quantizer sees. Options: `reg_weight` (the
     regularizer's weight in the loss; it is a mean over the site's weights, 0 to disable),
     `compress_every` (steps between hard compressions, 0 for none), `train_forward` (float or
-    quantized), `lloyd_iters`, `rounding` (int8 snapping).
+    quantized), `lloyd_iters`, `rounding` (int8 snapping), `recovery` (the fraction of the fine-tune's
+    steps, at its end, in the recovery phase; see the module docstring).
     """
 
     options: ClassVar[dict[str, Any]] = {"rounding": "half_even", "reg_weight": 1.0, "compress_every": 100,
-                                         "train_forward": "float", "lloyd_iters": 30}
+                                         "train_forward": "float", "lloyd_iters": 30, "recovery": 0.1}
 
     def __init__(self, bits: int, weight: Tensor, per_channel: bool = True, rounding: str = "half_even",
                  reg_weight: float = 1.0, compress_every: int = 100, train_forward: str = "float",
-                 lloyd_iters: int = 30) -> None:
+                 lloyd_iters: int = 30, recovery: float = 0.1) -> None:
         super().__init__(bits, True, per_channel, rounding)
         self.reg_weight = float(reg_weight)
         self.compress_every = int(compress_every)
         self.train_forward = train_forward
         self.lloyd_iters = int(lloyd_iters)
+        self.recovery = float(recovery)
+        # Set by the training hooks' on_step: whether the fine-tune is in its recovery phase.
+        self.recovering = False
         centroids = lloyd_max(groups(weight, per_channel), self.levels, self.lloyd_iters)
         self.register_buffer("centroids", centroids)
 
@@ -116,13 +129,14 @@ class SubEightBitQuantizer(ScheduledMethod, WeightQuantizer):
         check_number("compress_every", cfg.options.get("compress_every", 100), 0, integer=True)
         check_choice("train_forward", cfg.options.get("train_forward", "float"), TRAIN_FORWARDS)
         check_number("lloyd_iters", cfg.options.get("lloyd_iters", 30), 1, 1000, integer=True)
+        check_number("recovery", cfg.options.get("recovery", 0.1), 0.0, 1.0)
 
     @classmethod
     def from_config(cls, cfg: QuantConfig, weight: Tensor) -> SubEightBitQuantizer:
         cls.check_config(cfg)
         return cls(cfg.weight_bits, weight, cfg.granularity == "per_channel",
                    *(cls.option(cfg, k) for k in ("rounding", "reg_weight", "compress_every", "train_forward",
-                                                  "lloyd_iters")))
+                                                  "lloyd_iters", "recovery")))
 
     @property
     def levels(self) -> int:
@@ -130,7 +144,7 @@ class SubEightBitQuantizer(ScheduledMethod, WeightQuantizer):
 
     @property
     def quantized_in_training(self) -> bool:
-        return self.train_forward == "quantized"
+        return self.train_forward == "quantized" or self.recovering
 
     @torch.no_grad()
     def fit(self, weight: Tensor) -> None:
@@ -166,7 +180,7 @@ class SubEightBitQuantizer(ScheduledMethod, WeightQuantizer):
 
     def forward(self, w: Tensor) -> Tensor:
         self._fitted(w)
-        if self.training and self.train_forward == "float":
+        if self.training and self.train_forward == "float" and not self.recovering:
             return w
         scale, _ = self.scale_and_zero_point(w)
         return self._codes_of(w) * scale + (w - w.detach())
@@ -191,15 +205,25 @@ class SubEightBitQuantizer(ScheduledMethod, WeightQuantizer):
 
     # --- training hooks -----------------------------------------------------------------------
     def loss_term(self, weight: Tensor) -> Tensor | None:
-        return self.reg_weight * self.regularizer(weight) if self.reg_weight > 0 else None
+        # In the recovery phase the weights sit on the codebook by construction: nothing to pull.
+        return self.reg_weight * self.regularizer(weight) if self.reg_weight > 0 and not self.recovering else None
+
+    def recovery_start(self, total_steps: int) -> int:
+        """The step at which the recovery phase starts (total_steps when there is none)."""
+        return total_steps - math.floor(self.recovery * total_steps)
 
     def on_step(self, weight: Tensor, step: int, total_steps: int) -> None:
-        if self.compress_every and step > 0 and step % self.compress_every == 0:
+        recovering = self.recovery > 0 and step >= self.recovery_start(total_steps)
+        if recovering and not self.recovering:
+            self.hard_compress(weight)  # the last hard compression: the recovery phase starts from it
+        elif not recovering and self.compress_every and step > 0 and step % self.compress_every == 0:
             self.hard_compress(weight)
+        self.recovering = recovering
 
     def on_finish(self, weight: Tensor) -> None:
         self.hard_compress(weight)
 
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, per_channel={self.per_channel}, reg_weight={self.reg_weight:g}, "
-                f"compress_every={self.compress_every}, train_forward={self.train_forward}")
+                f"compress_every={self.compress_every}, train_forward={self.train_forward}, "
+                f"recovery={self.recovery:g}")

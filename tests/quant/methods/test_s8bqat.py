@@ -106,3 +106,61 @@ def test_set_bits_refits_and_options_are_validated():
         s8b(3, w, train_forward="soft")
     with pytest.raises(PolicyError, match="'compress_every' must be an integer"):
         s8b(3, w, compress_every=2.5)
+
+
+def test_recovery_phase_starts_with_a_hard_compression_and_trains_the_quantized_forward():
+    w = gaussian((16, 64), seed=6)
+    q = s8b(3, w, compress_every=10, recovery=0.25)
+    weight = torch.nn.Parameter(w.clone())
+    assert q.recovery_start(100) == 75
+    q.on_step(weight, 74, 100)
+    assert not q.recovering and torch.equal(weight.detach(), w)
+    q.on_step(weight, 75, 100)  # not a multiple of compress_every: the phase's own compression
+    assert q.recovering and q.quantized_in_training and q.loss_term(weight) is None
+    snapped = weight.detach().clone()
+    assert torch.equal(q(snapped), snapped)  # on the codebook already; training forward is quantized now
+    assert not s8b(3, w, recovery=0.0).recovering
+    with pytest.raises(PolicyError, match="'recovery' must be a number in"):
+        s8b(3, w, recovery=1.5)
+
+
+def test_recovery_phase_lowers_the_loss_the_last_hard_compression_cost_with_the_codebook_unchanged():
+    from mpsearch.quant import Policy, apply, quantized_sites
+    from mpsearch.quant.methods.hooks import training_hooks
+    from mpsearch.testing.toy_models import ToySpeechModel, toy_batch
+
+    torch.manual_seed(0)
+    teacher = ToySpeechModel(n_mels=8, hidden=12, vocab=10, encoder_layers=1)
+    feats, tokens = toy_batch(teacher, batch=4, frames=9, tokens=4)
+    with torch.no_grad():
+        target = teacher(feats, tokens)
+    cfg = QuantConfig(weight_bits=2, act_bits=None, method="s8bqat",
+                      options={"compress_every": 10, "recovery": 0.5})
+    student = apply(teacher, Policy.uniform(cfg))
+
+    def deployed_loss() -> float:
+        student.eval()
+        with torch.no_grad():
+            loss = float((student(feats, tokens) - target).pow(2).mean())
+        student.train()
+        return loss
+
+    total = 80
+    hooks = training_hooks(student, total)
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    quantizers = [q for q in quantized_sites(student).values()]
+    for step in range(1, total + 1):
+        opt.zero_grad()
+        loss = (student(feats, tokens) - target).pow(2).mean()
+        if hooks.extra_loss is not None:
+            loss = loss + hooks.extra_loss()
+        loss.backward()
+        opt.step()
+        hooks.after_step(step)
+        if step == total // 2:  # the recovery phase has just begun with the last hard compression
+            assert all(q.recovering for q in quantizers)
+            after_compression = deployed_loss()
+            codebooks = [q.codebook().clone() for q in quantizers]
+    hooks.finish()
+    assert deployed_loss() < 0.95 * after_compression
+    assert all(torch.equal(q.codebook(), book) for q, book in zip(quantizers, codebooks))
