@@ -21,8 +21,11 @@ from mpsearch.quant.quantizers import QUANTIZERS, ActivationQuantizer, WeightQua
 from mpsearch.quant.recurrent import RECURRENT_QUANT_MODULES
 from mpsearch.quant.sites import Site, find_sites
 from mpsearch.quant.sparsity import check_sparsity_shape
+from mpsearch.registry import Registry
 
-EMULATIONS = ("none", "nna")
+# Emulation name -> how apply quantizes the prepared copy: (model, per_module, site_configs, numerics,
+# example, forward) -> the quantized model.
+EMULATIONS: Registry[Callable[..., nn.Module]] = Registry("emulation")
 QUANT_SWAPS = {**QUANT_MODULES, **RECURRENT_QUANT_MODULES}
 
 
@@ -64,13 +67,13 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none", numerics: N
 
     model, renames = prepared_copy(model)
     per_module = prepared_configs(model, renames, site_configs)
-    if emulation == "nna":
-        for module_name in per_module:
-            _check_swappable(model, module_name, model.get_submodule(module_name))
-        model, blockers = nna_blockers(model, per_module, site_configs, numerics or NNANumerics(), example, forward)
-        if blockers:
-            raise NNABlockedError(type(model).__name__, blockers)
-        return model
+    return EMULATIONS.get(emulation)(model, per_module, site_configs, numerics, example, forward)
+
+
+@EMULATIONS.register("none")
+def _fake_quantized(model: nn.Module, per_module: dict[str, dict[str, QuantConfig | None]],
+                    site_configs: dict[str, QuantConfig | None], numerics: NNANumerics | None, example: Any,
+                    forward: Callable[[nn.Module, Any], Any] | None) -> nn.Module:
     for module_name, configs in per_module.items():
         if all(cfg is None for cfg in configs.values()):
             continue
@@ -81,6 +84,18 @@ def apply(model: nn.Module, policy: Policy, emulation: str = "none", numerics: N
         except MpsearchError as exc:
             raise PolicyError(f"Module '{module_name or '<root>'}' ({type(module).__name__}): {exc}") from None
         model = swap_modules(model, {module_name: quantized})
+    return model
+
+
+@EMULATIONS.register("nna")
+def _nna_emulated(model: nn.Module, per_module: dict[str, dict[str, QuantConfig | None]],
+                  site_configs: dict[str, QuantConfig | None], numerics: NNANumerics | None, example: Any,
+                  forward: Callable[[nn.Module, Any], Any] | None) -> nn.Module:
+    for module_name in per_module:
+        _check_swappable(model, module_name, model.get_submodule(module_name))
+    model, blockers = nna_blockers(model, per_module, site_configs, numerics or NNANumerics(), example, forward)
+    if blockers:
+        raise NNABlockedError(type(model).__name__, blockers)
     return model
 
 

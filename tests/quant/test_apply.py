@@ -148,7 +148,7 @@ def test_calibration_then_freeze():
 
 
 def test_emulation_must_be_a_known_value():
-    with pytest.raises(ConfigError, match="Unknown emulation 'fpga'; valid choices: none, nna"):
+    with pytest.raises(ConfigError, match="Unknown emulation 'fpga'; valid choices: nna, none"):
         apply(make_model(), Policy.uniform(W8), emulation="fpga")
 
 
