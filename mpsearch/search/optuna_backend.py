@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mpsearch.errors import ConfigError, TrialError
+from mpsearch.errors import TrialError
 from mpsearch.search.record import (
     Budget,
     Provenance,
@@ -34,27 +34,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("nsga2", "tpe", "random", "gp")
-
 
 def make_sampler(name: str, seed: int, n_objectives: int = 2) -> optuna.samplers.BaseSampler:
-    import optuna
+    """The sampler `name` (a key of search/samplers.py's SAMPLERS registry) seeded with `seed`."""
+    from mpsearch.search.samplers import SAMPLERS
 
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=_population(n_objectives))
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    raise ConfigError(f"Unknown sampler '{name}'; valid choices: {', '.join(SAMPLERS)}.")
-
-
-def _population(n_objectives: int) -> int:
-    # NSGA-II's default population (50) is more trials than a CPU study runs; a small one lets
-    # selection start after the warm-start generation.
-    return 8 if n_objectives <= 2 else 12
+    return SAMPLERS.get(name)(seed, n_objectives)
 
 
 def open_record(cfg: StudyConfig, space: SearchSpace, heartbeat: bool = True, sampler=None,
