@@ -150,6 +150,20 @@ class WarmStartConfig(Section):
     supernet: bool = Field(False, description="enqueue the supernet's lambda-sweep policies (`mpsearch supernet`)")
 
 
+def _shared_training_default() -> TrainConfig:
+    return TrainConfig(max_steps=150, lr=2e-4, warmup_steps=8, eval_every=1_000_000, checkpoint_every=25)
+
+
+class OneShotConfig(Section):
+    """`search.trial_mode: oneshot`: one set of shared float weights trained once for every width of the
+    search space (mpsearch.supernet.oneshot), so a trial is calibrate + score, with no fine-tune of its
+    own; the policies of the final front are then confirmed by the usual fine-tuned trial."""
+
+    train: TrainConfig = Field(default_factory=_shared_training_default,
+                               description="the shared weights' training, from the float baseline")
+    random_policies: int = Field(1, ge=0, description="random policies per step beside the widest and narrowest")
+
+
 OBJECTIVES = ("wer", "cer", "perplexity", "latency_ms", "size_bytes", "avg_weight_bits")
 
 
@@ -167,6 +181,10 @@ class SearchConfig(Section):
     emulation: Literal["nna", "none"] = Field("nna", description="nna: the chip's integer arithmetic in training")
     finetune: TrainConfig = Field(default_factory=_finetune_default,
                                   description="QAT fine-tune of each trial from the float baseline")
+    trial_mode: Literal["finetune", "oneshot"] = Field(
+        "finetune", description="finetune: each trial fine-tunes its policy from the float baseline; oneshot: "
+                                "each trial scores its policy on shared weights trained once (search.oneshot)")
+    oneshot: OneShotConfig = OneShotConfig()
     calibration_batches: int = Field(4, ge=1, description="train batches that set the activation ranges")
     eval_split: Literal["dev", "test"] = "dev"
     eval_utterances: int | None = Field(None, ge=1, description="score trials on a fixed seeded subset of the "

@@ -103,6 +103,8 @@ class Study:
         from mpsearch.search.warm_start import warm_starts
 
         space = self.search_space()
+        if search.trial_mode == "oneshot":
+            self.shared_weights()  # before the trials, so every worker (Ray's too) loads them
         starts = warm_starts(space, search.warm_start, sites=self.sites(), latency_model=self.latency_model(),
                              sensitivity=result.sensitivity, supernet=result.supernet)
         trials = trials or search.trials
@@ -119,6 +121,14 @@ class Study:
         from mpsearch.search.front_files import KNEE_POLICY, write_front
         from mpsearch.search.pick import pick_trial
 
+        if self.cfg.search.trial_mode == "oneshot":
+            from mpsearch.search.confirm import confirm_front
+            from mpsearch.search.pareto import load_front_table
+            from mpsearch.search.record import scoring_key
+
+            table = load_front_table(self.cfg)
+            confirm_front(result.trials, table.front_numbers(), table.policy, self.trial_runner("finetune"),
+                          scoring_key(self.cfg, self.baseline_key))
         result.front, result.front_files = write_front(self.cfg)
         result.knee = pick_trial(result.front, pick="knee")
         result.knee_policy = self.dir / KNEE_POLICY
@@ -304,24 +314,50 @@ class Study:
                                self.unaugmented_batches(model, cfg.max_batch_frames), space_path=self.space_path,
                                threads=self.cfg.train.threads, progress=self.progress)
 
-    def trial_runner(self) -> TrialRunner:
-        """What every trial shares, built once: a copy of the float baseline, its calibration batches, the
-        sites, the latency model, and how a trial trains and is scored."""
-        if "_runner" not in self.__dict__:
+    def shared_weights(self) -> dict[str, torch.Tensor]:
+        """The one-shot shared weights over the study's search space (`search.oneshot`), a state dict of
+        the float model."""
+        from mpsearch.search.record import oneshot_key
+        from mpsearch.supernet.oneshot import ensure_shared_weights
+
+        cfg = self.cfg.search.oneshot
+        model, _ = self.baseline()
+        if self.user is not None:
+            raise ConfigError("search.trial_mode 'oneshot' trains shared weights with the study's own model and "
+                              "data; with search_model use trial_mode 'finetune'.")
+        return ensure_shared_weights(self.dir, oneshot_key(self.cfg, self.baseline_key), model, self.search_space(),
+                                     lambda m: self.task(m, augment=cfg.train.augment), cfg, progress=self.progress)
+
+    def trial_runner(self, mode: str | None = None) -> TrialRunner:
+        """What every trial shares, built once per mode (default `search.trial_mode`): a copy of the float
+        baseline (and, one-shot, of the shared weights), its calibration batches, the sites, the latency
+        model, and how a trial trains and is scored. One-shot trials are scored on the eval split alone;
+        the fine-tuned confirmation of the front scores test too."""
+        mode = mode or self.cfg.search.trial_mode
+        if f"_runner_{mode}" not in self.__dict__:
             import itertools
 
             from mpsearch.search.objective import TrialRunner, trial_scores
 
             cfg = self.cfg.search
             model = copy.deepcopy(self.baseline()[0])
+            shared = None
+            if mode == "oneshot":
+                shared = copy.deepcopy(model)
+                shared.load_state_dict(self.shared_weights())
             if self.user is not None:
                 calibration, evaluate = self.user.calibration_batches(cfg.calibration_batches), self.user.scores
             else:
                 batches = self.unaugmented_batches(model)(cfg.seed + 7919)  # a fixed draw apart from training's
                 calibration = list(itertools.islice(batches, cfg.calibration_batches))
-                evaluate = lambda trained: trial_scores(self.task(trained, augment=False), self.data, cfg)
-            self.__dict__["_runner"] = TrialRunner(
+                evaluate = lambda trained: trial_scores(self.task(trained, augment=False), self.data, cfg,
+                                                        test=mode != "oneshot")
+            from mpsearch.search.record import scoring_key
+
+            scored_on = scoring_key(self.cfg.model_copy(update={"search": cfg.model_copy(update={"trial_mode": mode})}),
+                                    self.baseline_key)
+            self.__dict__[f"_runner_{mode}"] = TrialRunner(
                 model, cfg, self.cfg.hardware.profile, self.sites(), self.latency_model(),
                 lambda trained, augment: self.task(trained, augment=augment), calibration, evaluate,
-                baseline=self.baseline_key)
-        return self.__dict__["_runner"]
+                baseline=scored_on, shared_model=shared)
+        return self.__dict__[f"_runner_{mode}"]

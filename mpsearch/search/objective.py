@@ -34,11 +34,14 @@ TaskFactory = Callable[[torch.nn.Module, bool], "Task"]  # (model, augment) -> t
 class TrialRunner:
     """`float_model` is the runner's own (it is put in eval mode); `make_task(model, augment)` the task that
     fine-tunes a model, `calibration` the batches that set activation ranges (run through the task's
-    loss), `evaluate(model)` the trial's scores, `baseline` the float baseline's key recorded with them."""
+    loss), `evaluate(model)` the trial's scores, `baseline` the float baseline's key recorded with them.
+    With `shared_model` (one-shot weights of the float model's architecture) a trial quantizes those and
+    scores them without a fine-tune of its own."""
 
     def __init__(self, float_model: torch.nn.Module, cfg: SearchConfig, profile: str, sites: Sequence[Site],
                  latency_model: Any, make_task: TaskFactory, calibration: list,
-                 evaluate: Callable[[torch.nn.Module], dict[str, Any]], baseline: str | None = None):
+                 evaluate: Callable[[torch.nn.Module], dict[str, Any]], baseline: str | None = None,
+                 shared_model: torch.nn.Module | None = None):
         self.float_model = float_model.eval()
         self.cfg = cfg
         self.profile = profile
@@ -48,6 +51,7 @@ class TrialRunner:
         self.calibration = calibration
         self.evaluate = evaluate
         self.baseline = baseline
+        self.shared_model = shared_model.eval() if shared_model is not None else None
 
     def quantized_model(self, policy: Policy, model: torch.nn.Module | None = None) -> torch.nn.Module:
         """The float baseline (or another float `model` of its architecture) under `policy`, calibrated and
@@ -72,8 +76,12 @@ class TrialRunner:
         start = time.monotonic()
         try:
             metrics = dict(self.hardware_metrics(policy))
-            model = self.quantized_model(policy)
-            metrics["finetune"] = self.finetune(model, progress=progress)
+            if self.shared_model is not None:
+                model = self.quantized_model(policy, model=self.shared_model)
+                metrics["trial_mode"] = "oneshot"
+            else:
+                model = self.quantized_model(policy)
+                metrics["finetune"] = self.finetune(model, progress=progress)
             metrics.update(self.evaluate(model))
         except TrialError:
             raise
@@ -91,17 +99,18 @@ class TrialRunner:
         return metrics
 
 
-def trial_scores(task: Task, data: SpeechData, cfg: SearchConfig) -> dict[str, Any]:
-    """Scores on the eval split (its seeded subset when `search.eval_utterances` is set) and on test: WER
-    with its interval and the per-utterance record of a speech task, perplexity of a language model."""
+def trial_scores(task: Task, data: SpeechData, cfg: SearchConfig, test: bool = True) -> dict[str, Any]:
+    """Scores on the eval split (its seeded subset when `search.eval_utterances` is set) and, with `test`,
+    on test: WER with its interval and the per-utterance record of a speech task, perplexity of a
+    language model."""
     from mpsearch.eval.bootstrap import wer_interval
     from mpsearch.eval.wer import error_rates, utterance_errors
 
+    splits = (("", cfg.eval_split), ("test_", "test")) if test else (("", cfg.eval_split),)
     if not hasattr(task, "transcribe"):
-        dev, test = task.evaluate(cfg.eval_split), task.evaluate("test")
-        return {"perplexity": dev["perplexity"], "test_perplexity": test["perplexity"]}
+        return {prefix + "perplexity": task.evaluate(split)["perplexity"] for prefix, split in splits}
     scores: dict[str, Any] = {}
-    for prefix, split in (("", cfg.eval_split), ("test_", "test")):
+    for prefix, split in splits:
         subset = data.split(split).subset(cfg.eval_utterances, seed=cfg.seed)
         refs, hyps = task.transcribe(subset)
         for name, value in error_rates(refs, hyps).items():

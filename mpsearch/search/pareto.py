@@ -213,6 +213,7 @@ class FrontTable:
         on_front[np.flatnonzero(finite)] = non_dominated(points[finite])
         frame["on_front"] = on_front
         frame = frame.sort_values([*objectives, "trial"], kind="stable").reset_index(drop=True)
+        _add_confirmed(frame, study, baseline or study_baseline(study))
         if len(frame):
             reference = resolve_reference_point(objectives, frame[list(objectives)].to_numpy(dtype=float),
                                                 list(frame["origin"]), reference_point)
@@ -299,6 +300,18 @@ def load_front_table(cfg: StudyConfig) -> FrontTable:
         raise MpsearchError(f"No complete trial in study '{cfg.name}' at {storage_url(cfg)}{reason}; "
                             "run `mpsearch search` on the study, or fix what made the trials fail.")
     return table
+
+
+def _add_confirmed(frame: pd.DataFrame, study: optuna.Study, baseline: str | None) -> None:
+    """A one-shot search's fine-tuned confirmations of its front, as `confirmed_<score>` columns."""
+    from mpsearch.search.confirm import confirmations
+
+    confirmed = confirmations(study, baseline)
+    for name in CONFIRMED_COLUMNS if confirmed and len(frame) else ():
+        frame["confirmed_" + name] = [_float(confirmed.get(int(t), {}).get(name)) for t in frame["trial"]]
+
+
+CONFIRMED_COLUMNS = ("wer", "wer_ci_low", "wer_ci_high", "test_wer")
 
 
 def format_front_table(table: FrontTable, rows: str = "front") -> str:

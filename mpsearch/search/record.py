@@ -18,6 +18,10 @@ count of finished points that ends a search counts only the current baseline's t
 The current baseline is the one in the study folder (`baseline/metrics.json`'s `config_hash`, which
 `Study.baseline()` writes before any trial runs); without that file, the one the study's latest search
 scored on (the study's "baseline" user attr); without either, every trial counts.
+
+A one-shot trial (`search.trial_mode: oneshot`) is scored on shared weights trained from the baseline,
+not on the baseline itself: its key is the baseline's joined to the shared weights' (`scoring_key`), so
+one-shot and fine-tuned trials, or one-shot trials of other shared weights, never mix.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class Provenance:
         when the warm starts use it (ILP candidates); otherwise it may be a stale one."""
         folder = Path(cfg.study_dir)
         sensitivity = _json_field(folder / SENSITIVITY_REPORT, "key") if cfg.search.warm_start.ilp > 0 else None
-        return cls(folder_baseline(folder), sensitivity)
+        return cls(scoring_key(cfg, folder_baseline(folder)), sensitivity)
 
     def items(self) -> dict[str, str]:
         return {k: v for k, v in ((BASELINE, self.baseline), (SENSITIVITY, self.sensitivity)) if v}
@@ -72,6 +76,22 @@ class Provenance:
     def into(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """`metrics` with the keys added where the evaluation did not record them itself."""
         return {**self.items(), **metrics}
+
+
+def oneshot_key(cfg: StudyConfig, baseline: str | None) -> str:
+    """The key of one-shot shared weights: the shared training's settings, the search space file's text
+    and the float baseline."""
+    from mpsearch.config import config_hash
+
+    return config_hash(cfg.search.oneshot, Path(cfg.search.space or "").read_text(), baseline or "")
+
+
+def scoring_key(cfg: StudyConfig, baseline: str | None) -> str | None:
+    """What the study's trials are scored on: the float baseline `baseline`, joined, for one-shot trials,
+    to their shared weights' key."""
+    if baseline is None or cfg.search.trial_mode != "oneshot":
+        return baseline
+    return f"{baseline}+oneshot-{oneshot_key(cfg, baseline)}"
 
 
 def folder_baseline(folder: str | Path) -> str | None:
@@ -101,7 +121,7 @@ def study_baseline(study: optuna.Study) -> str | None:
 
 def current_baseline(cfg: StudyConfig, study: optuna.Study) -> str | None:
     """The study's current baseline (module docstring): the study folder's, else the latest search's."""
-    return folder_baseline(cfg.study_dir) or study_baseline(study)
+    return scoring_key(cfg, folder_baseline(cfg.study_dir)) or study_baseline(study)
 
 
 def is_current(trial: optuna.trial.FrozenTrial, baseline: str | None) -> bool:

@@ -22,7 +22,7 @@ def train_with_policy(study: Study, policy: Policy, name: str, steps: int | None
     """Fine-tune the float baseline under `policy` for `steps` (default: a trial's `search.finetune`
     steps, so an exported trial reproduces its WER) and write `trained/<name>/` in the study folder:
     metrics.json, model.pt, the policy, and model.npz (integer export) under NNA emulation."""
-    runner = study.trial_runner()
+    runner = study.trial_runner("finetune")  # a policy is trained, whatever mode searched it
     model = runner.quantized_model(policy)  # quant.apply checks the policy against the model's sites
     finetune = runner.finetune(model, steps, progress=study.progress)
     metrics = {**runner.hardware_metrics(policy), "finetune": finetune, **runner.evaluate(model),

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SHARED_TYPE = "mpsearch.oneshot_weights"
+SHARED_DIR = "oneshot"
+
 
 def choice_cost(choice_set: ChoiceSet, index: int) -> float:
     """Bits kept per weight by candidate `index`: its width times the fraction of weights it keeps."""
@@ -105,3 +108,36 @@ def shared_float_state(supernet: Supernet, float_model: nn.Module) -> dict[str, 
     if missing:
         raise KeyError(f"the supernet lost the float model's entries {missing[:4]}")
     return {name: trained[name].detach().clone() for name in float_model.state_dict()}
+
+
+def ensure_shared_weights(folder: str | Path, key: str, float_model: nn.Module, space: SearchSpace,
+                          make_task: Callable[[nn.Module], Task], cfg: OneShotConfig,
+                          progress: bool = False) -> dict[str, torch.Tensor]:
+    """The shared weights (a state dict of `float_model`, which is left unchanged) in `folder`/oneshot/:
+    loaded when their `key` (search.record.oneshot_key) matches, else trained, resuming from the training checkpoint
+    beside them after a kill, and written atomically."""
+    from mpsearch.artifacts import atomic_path, cached
+
+    directory = Path(folder) / SHARED_DIR
+    path = directory / "shared.pt"
+
+    def compute() -> dict[str, torch.Tensor]:
+        directory.mkdir(parents=True, exist_ok=True)
+        log.info("training the one-shot shared weights (%d steps, %d policies a step)", cfg.train.max_steps,
+                 2 + cfg.random_policies)
+        state, result = train_shared_weights(float_model, space, make_task, cfg.train, cfg.random_policies,
+                                             checkpoint=directory / "checkpoint.pt", checkpoint_key=key,
+                                             progress=progress)
+        with atomic_path(path) as tmp:
+            torch.save({"_type": SHARED_TYPE, "_version": 1, "key": key, "state_dict": state, "steps": result.steps,
+                        "seconds": round(result.seconds, 1), "final_loss": result.final_loss}, tmp)
+        log.info("wrote %s (%d steps, %.0f s)", path, result.steps, result.seconds)
+        return state
+
+    def load(stored: Path) -> tuple[str, dict[str, torch.Tensor]]:
+        data = torch.load(stored, weights_only=True)
+        if not isinstance(data, dict) or data.get("_type") != SHARED_TYPE:
+            raise ValueError(f"{stored} is not one-shot shared weights (no '_type: {SHARED_TYPE}')")
+        return data["key"], data["state_dict"]
+
+    return cached(path, key, compute, load)
