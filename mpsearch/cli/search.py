@@ -90,10 +90,17 @@ def _plan(cfg, args) -> str:
     sensitivity = (f"Hessian sensitivity ({cfg.sensitivity.batches} batch(es), up to "
                    f"{cfg.sensitivity.max_probes} HVPs each)")
     stages = [baseline, sensitivity,
-              f"{search.warm_start.ilp} ILP candidate(s)" + (" + supernet sweep" if search.warm_start.supernet else ""),
-              (f"{trials} trials on {args.backend or search.backend} (uniform-precision references first; each "
-               f"fine-tunes {search.finetune.max_steps} steps under {search.emulation} emulation and scores "
-               f"{scored} and test utterances)")]
+              f"{search.warm_start.ilp} ILP candidate(s)" + (" + supernet sweep" if search.warm_start.supernet else "")]
+    if search.trial_mode == "oneshot":
+        stages += [f"one-shot shared weights ({search.oneshot.train.max_steps} steps)",
+                   (f"{trials} one-shot trials on {args.backend or search.backend} (uniform-precision references "
+                    f"first; each calibrates the shared weights under {search.emulation} emulation and scores "
+                    f"{scored} utterances)"),
+                   f"the front's policies confirmed by fine-tuned trials ({search.finetune.max_steps} steps each)"]
+    else:
+        stages.append(f"{trials} trials on {args.backend or search.backend} (uniform-precision references first; "
+                      f"each fine-tunes {search.finetune.max_steps} steps under {search.emulation} emulation and "
+                      f"scores {scored} and test utterances)")
     lines = [f"study '{cfg.name}' in {cfg.study_dir}: " + "; ".join(stages)]
     seconds = _stored_trial_seconds(cfg)
     if seconds:
