@@ -15,6 +15,7 @@ from mpsearch.quant.nna.lstm import NNALSTM
 from mpsearch.quant.nna.norm import NNAGroupNorm
 from mpsearch.quant.nna.numerics import NNANumerics
 from mpsearch.quant.nna.ops import NNAGELU, NNAAdd, NNAReLU, NNASigmoid, NNASiLU, NNATanh
+from mpsearch.quant.nna.rewrites import rewrite_inline_arithmetic
 from mpsearch.quant.nna.transformer import (
     NNAGLU,
     NNALayerNorm,
@@ -74,6 +75,7 @@ def to_nna(model: nn.Module, per_module: Mapping[str, Mapping[str, QuantConfig |
 
     With `errors`, a module that has no NNA version is left as it is and (name, module, error) appended.
     """
+    rewrite_inline_arithmetic(model, errors)
     replacements: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if any(name.startswith(done + ".") for done in replacements if done):
@@ -119,6 +121,8 @@ def _replacement(name: str, module: nn.Module, per_module: Mapping[str, Mapping[
             raise NNAError(f"Module '{name}' is op '{op_name}', which has no NNA version yet; supported: "
                            f"{supported_names()}.")
         return NNA_NAMED_OPS[op_name].from_op(module, numerics)
+    if type(module).__name__.endswith("SamePadLayer"):
+        return None  # trims frames: a slice, which calibration checks like any other
     if not list(module.children()) and not isinstance(module, PASSIVE):
         raise NNAError(f"Module '{name or '<root>'}' ({type(module).__name__}) has no NNA integer version; "
                        f"supported: {supported_names()}.")

@@ -140,3 +140,25 @@ def test_export_names_the_module_the_executor_cannot_run(tmp_path):
             export_int(emulated, tmp_path / "model.npz")
         assert "\n" not in str(info.value)
     assert not (tmp_path / "model.npz").exists()
+
+
+def test_a_conv_gru_ctc_model_calibrates_and_fine_tunes_on_the_chip_integers():
+    torch.manual_seed(0)
+    model = ConvRecurrent(nn.GRU(8, 12, num_layers=2, batch_first=True, bidirectional=True), 24).eval()
+    x, labels = torch.randn(2, 6, 12), torch.randint(1, 5, (2, 4))
+    lengths, label_lengths = torch.full((2,), 12), torch.full((2,), 4)
+    emulated = apply(model, W8A8, emulation="nna", example=(x,))
+    calibrate_nna(emulated, [(x,), (torch.randn(2, 6, 12),)])
+    emulated.train()
+    optimizer = torch.optim.SGD(emulated.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        log_probs = emulated(x).log_softmax(-1).transpose(0, 1)
+        loss = nn.functional.ctc_loss(log_probs, labels, lengths, label_lengths)
+        loss.backward()
+        for name, param in emulated.named_parameters():
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
