@@ -118,3 +118,31 @@ class Mask(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return x * mask
+
+
+def sinusoidal_positions(frames: int, dim: int, base: float = 10000.0) -> Tensor:
+    """The (frames, dim) sinusoidal position table of "Attention Is All You Need": sin in the even
+    columns, cos in the odd ones, at angle t * base^(-2i/dim)."""
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angles = torch.arange(frames, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    table = torch.zeros(frames, dim)
+    table[:, 0::2], table[:, 1::2] = angles.sin(), angles.cos()[:, : dim // 2]
+    return table
+
+
+class AddPositions(nn.Module):
+    """x + table[:T] for (..., T, dim) x: absolute positions added to the frames, from a constant
+    sinusoidal table (a buffer) or a learned one (a parameter, initialised sinusoidal)."""
+
+    op_name: ClassVar[str] = "positions"
+
+    def __init__(self, max_frames: int, dim: int, learned: bool = False, base: float = 10000.0) -> None:
+        super().__init__()
+        table = sinusoidal_positions(max_frames, dim, base)
+        if learned:
+            self.table = nn.Parameter(table)
+        else:
+            self.register_buffer("table", table)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.table[: x.shape[-2]]

@@ -15,6 +15,7 @@ from mpsearch.quant.nna.lstm import NNALSTM
 from mpsearch.quant.nna.norm import NNAGroupNorm
 from mpsearch.quant.nna.numerics import NNANumerics
 from mpsearch.quant.nna.ops import NNAGELU, NNAAdd, NNAReLU, NNASigmoid, NNASiLU, NNATanh
+from mpsearch.quant.nna.positions import NNAAddPositions
 from mpsearch.quant.nna.rewrites import rewrite_inline_arithmetic
 from mpsearch.quant.nna.transformer import (
     NNAGLU,
@@ -38,7 +39,7 @@ NNA_MODULES: dict[type[nn.Module], type[NNAWeighted]] = {
 NNA_OPS = {nn.ReLU: NNAReLU, nn.Tanh: NNATanh, nn.Sigmoid: NNASigmoid, nn.SiLU: NNASiLU, nn.GELU: NNAGELU,
            nn.GLU: NNAGLU}
 NNA_NAMED_OPS = {"add": NNAAdd, "mul": NNAMul, "matmul": NNAMatMul, "softmax": NNASoftmax, "rotary": NNARotary,
-                 "mask": NNAMask}
+                 "mask": NNAMask, "positions": NNAAddPositions}
 # Leaves that compute nothing once dropout is off.
 PASSIVE = (nn.Identity, nn.Dropout)
 

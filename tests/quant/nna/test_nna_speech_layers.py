@@ -162,3 +162,48 @@ def test_a_conv_gru_ctc_model_calibrates_and_fine_tunes_on_the_chip_integers():
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
+
+
+class PositionsThenLinear(nn.Module):
+    def __init__(self, learned: bool):
+        super().__init__()
+        from mpsearch.models.ops import AddPositions
+
+        self.proj = nn.Linear(6, 8)
+        self.positions = AddPositions(32, 8, learned=learned)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.positions(self.proj(x)))
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_sinusoidal_and_learned_positions_are_an_integer_add_of_a_table(learned):
+    from mpsearch.quant.nna.positions import NNAAddPositions
+
+    torch.manual_seed(0)
+    emulated = emulate(PositionsThenLinear(learned), torch.randn(2, 20, 6))
+    assert isinstance(emulated.positions, NNAAddPositions)
+    assert isinstance(emulated.positions.table, nn.Parameter) == learned
+
+
+class SelfAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 16)
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x, padding):
+        y = self.proj(x)
+        return self.head(self.attention(y, y, y, key_padding_mask=padding, need_weights=False)[0])
+
+
+def test_multihead_attention_runs_its_split_matmuls_and_softmax_on_the_chip():
+    from mpsearch.quant.nna.transformer import NNAMatMul, NNASoftmax
+
+    torch.manual_seed(0)
+    padding = torch.zeros(2, 12, dtype=torch.bool)
+    padding[1, 9:] = True
+    emulated = emulate(SelfAttention(), torch.randn(2, 12, 6), padding)
+    assert isinstance(emulated.attention.scores, NNAMatMul) and isinstance(emulated.attention.softmax, NNASoftmax)
