@@ -30,6 +30,18 @@ def ctc_batch(seed=0):
     return audio, labels
 
 
+def fine_tune(model, audio, labels, lr, steps=2):
+    """A few SGD steps on the CTC loss; the gradients of the last one stay on the parameters."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model(audio, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss)
+
+
 @pytest.mark.parametrize("make", [wav2vec2, wav2vec2_conformer])
 def test_hf_ctc_models_quantize_every_weight_and_fine_tune(make):
     torch.manual_seed(0)
@@ -46,14 +58,7 @@ def test_hf_ctc_models_quantize_every_weight_and_fine_tune(make):
             q(audio)
         ref, out = model(audio).logits, q(audio).logits
     assert float((out - ref).norm() / ref.norm()) < 0.1
-    q.train()
-    optimizer = torch.optim.SGD(q.parameters(), lr=1e-3)
-    for _ in range(2):
-        optimizer.zero_grad()
-        loss = q(audio, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-    assert torch.isfinite(loss)
+    fine_tune(q, audio, labels, lr=1e-3)
     # Hugging Face's conformer encoder builds a positional conv it never calls.
     unused = "pos_conv_embed" if make is wav2vec2_conformer else None
     for name, module in q.named_modules():
@@ -87,14 +92,7 @@ def test_hf_ctc_models_run_on_the_nna_integers_and_fine_tune(make):
         with checking_grid():
             out = q(audio).logits
     assert float((out - ref).norm() / ref.norm()) < 0.1
-    q.train()
-    optimizer = torch.optim.SGD(q.parameters(), lr=1e-4)
-    for _ in range(2):
-        optimizer.zero_grad()
-        loss = q(audio, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-    assert torch.isfinite(loss)
+    fine_tune(q, audio, labels, lr=1e-4)
     for name, param in q.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 

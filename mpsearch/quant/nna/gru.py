@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from mpsearch.quant.config import QuantConfig
+from mpsearch.quant.nna.directions import LayerDirections
 from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.gradients import straight_through
 from mpsearch.quant.nna.kernels import act_scale, integer_matmul, multipliers
@@ -82,7 +83,7 @@ def gru_recurrence(acc_x: Tensor, h: Tensor, p: Mapping[str, Tensor], n: NNANume
     return out
 
 
-class NNAGRU(NNAWeighted, QuantGRU):
+class NNAGRU(LayerDirections, NNAWeighted, QuantGRU):
     """nn.GRU (one or both directions, any number of layers) computed as the chip computes it; see the
     module docstring.
 
@@ -102,19 +103,6 @@ class NNAGRU(NNAWeighted, QuantGRU):
         new.register_buffer("hidden_scales", torch.ones(new.num_layers, device=device))
         new.register_buffer("gate_luts", torch.zeros(new.slots, 3, table, dtype=torch.int64, device=device))
         return new
-
-    @property
-    def directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def slots(self) -> int:
-        """Layer-directions, in torch's order (layer 0 forward, layer 0 reverse, layer 1 forward, ...)."""
-        return self.num_layers * self.directions
-
-    def _tag(self, slot: int) -> str:
-        layer, direction = divmod(slot, self.directions)
-        return f"l{layer}{'_reverse' if direction else ''}"
 
     def _biases(self, slot: int) -> tuple[Tensor | None, Tensor | None]:
         tag = self._tag(slot)

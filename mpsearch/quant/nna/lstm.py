@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.modules import QuantLSTM
 from mpsearch.quant.nna.codes import attach_codes
+from mpsearch.quant.nna.directions import LayerDirections
 from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.kernels import (
     MAX_PRODUCT,
@@ -54,7 +55,7 @@ from mpsearch.quant.rounding import rounding_half
 GATE_FUNCTIONS = ("sigmoid", "sigmoid", "tanh", "sigmoid")
 
 
-class NNALSTM(NNAWeighted, QuantLSTM):
+class NNALSTM(LayerDirections, NNAWeighted, QuantLSTM):
     """nn.LSTM (no proj_size; one or both directions) computed as the chip computes it; see the module
     docstring. Per-direction buffers are indexed by slot = layer * directions + direction.
 
@@ -91,19 +92,6 @@ class NNALSTM(NNAWeighted, QuantLSTM):
             new.register_buffer(name, torch.zeros(slots, size, dtype=torch.int64, device=device),
                                 persistent=False)
         return new
-
-    @property
-    def directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def slots(self) -> int:
-        """Layer-directions, in torch's order (layer 0 forward, layer 0 reverse, layer 1 forward, ...)."""
-        return self.num_layers * self.directions
-
-    def _tag(self, slot: int) -> str:
-        layer, direction = divmod(slot, self.directions)
-        return f"l{layer}{'_reverse' if direction else ''}"
 
     # --- calibration -------------------------------------------------------------------------
     def reset_observations(self) -> None:
