@@ -1,17 +1,20 @@
-"""Trials per minute through the Ray backend with 1 and with 2 concurrent trials, on this machine.
+"""Trials per minute with 1 and with 2 concurrent trials, through the Ray or the Optuna backend, on this machine.
 
 Both runs search the same study (its float baseline, features and sensitivity report are reused
 from the study folder, trained first if missing) into two fresh scratch studies, with the same
 warm-start trials (the uniform-precision policies, so both evaluate the same points), one after the
 other in this process. Throughput is counted from the first trial's start to the last trial's end in
-the trial storage, so Ray's start-up is not in it; each trial gets cores // workers torch threads.
+the trial storage, so Ray's start-up is not in it. Ray gives each trial cores // workers torch threads;
+the Optuna backend runs `workers` trials as threads of one process, sharing the cores its thread policy
+finds free (mpsearch.runtime).
 
-    python analysis/bench_ray.py --study studies/quickstart.yaml --trials 6
+    python analysis/bench_ray.py --study studies/quickstart.yaml --trials 6 [--backend optuna]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shutil
 import sys
@@ -25,10 +28,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REUSED = ("baseline", "features", "tokenizer.json", "sensitivity.json")
 
 
-def scratch_study(cfg: StudyConfig, folder: Path, workers: int, trials: int) -> Study:
-    search = cfg.search.model_copy(update={"backend": "ray", "workers": workers, "trials": trials,
+def scratch_study(cfg: StudyConfig, folder: Path, workers: int, trials: int, backend: str = "ray") -> Study:
+    search = cfg.search.model_copy(update={"backend": backend, "workers": workers, "trials": trials,
                                            "warm_start": cfg.search.warm_start.model_copy(update={"ilp": 0})})
-    scratch = cfg.model_copy(update={"name": f"{cfg.name}-ray{workers}", "output_dir": str(folder),
+    scratch = cfg.model_copy(update={"name": f"{cfg.name}-{backend}{workers}", "output_dir": str(folder),
                                      "search": search})
     folder.mkdir(parents=True)
     for name in REUSED:
@@ -54,21 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="studies/quickstart.yaml")
     parser.add_argument("--trials", type=int, default=6, help="complete trials per run (uniform warm starts first)")
-    parser.add_argument("--out", default=str(RESULTS / "bench_ray.json"))
+    parser.add_argument("--backend", choices=("ray", "optuna"), default="ray")
+    parser.add_argument("--out", help="default analysis/results/bench_<backend>_workers.json (bench_ray.json for Ray)")
     args = parser.parse_args(argv)
+    out = args.out or str(RESULTS / ("bench_ray.json" if args.backend == "ray" else f"bench_{args.backend}_workers.json"))
     cfg = StudyConfig.from_yaml(args.study)
     Study(cfg, progress=False).baseline()  # both runs reuse it
     rows = {}
-    with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"bench_{args.backend}_") as tmp:
         for workers in (1, 2):
-            study = scratch_study(cfg, Path(tmp) / f"ray{workers}", workers, args.trials)
+            study = scratch_study(cfg, Path(tmp) / f"{args.backend}{workers}", workers, args.trials, args.backend)
             rows[workers] = throughput(study.run("trials").trials)
             print(f"{workers} concurrent trial(s): {rows[workers]}")
     ratio = rows[2]["trials_per_minute"] / rows[1]["trials_per_minute"]
     print(f"2 concurrent / 1 concurrent trials per minute: {ratio:.2f}x")
-    Path(args.out).write_text(json.dumps({"study": args.study, "runs": rows, "ratio_2_over_1": round(ratio, 3)},
-                                         indent=2) + "\n")
-    print(f"wrote {args.out}")
+    record = {"command": " ".join(["python", *sys.argv]), "study": args.study, "backend": args.backend,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "runs": rows, "ratio_2_over_1": round(ratio, 3)}
+    Path(out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 
