@@ -9,6 +9,10 @@ reference executor that proves the emulation bit-exact.
     export_int(model, "model.npz")         # int8 codes, int32 biases, (M, shift), LUTs + JSON header
     RNNTExecutor("model.npz")              # numpy int64 only; must match the emulation bit for bit
                                            # (ConformerExecutor for a Conformer, CTC or transducer head)
+
+GRUs, bidirectional LSTMs, GroupNorm, position tables and Hugging Face Wav2Vec2 / Wav2Vec2-Conformer
+encoders run in the emulation (training, calibration, evaluation) only: export_int names the first
+such module and writes nothing.
 """
 
 from mpsearch.quant.nna.base import checking_grid

@@ -207,3 +207,9 @@ def test_multihead_attention_runs_its_split_matmuls_and_softmax_on_the_chip():
     padding[1, 9:] = True
     emulated = emulate(SelfAttention(), torch.randn(2, 12, 6), padding)
     assert isinstance(emulated.attention.scores, NNAMatMul) and isinstance(emulated.attention.softmax, NNASoftmax)
+
+
+def test_an_elman_rnn_is_a_blocker_naming_what_runs():
+    blockers = nna_preflight(ConvRecurrent(nn.RNN(8, 12, batch_first=True), 12), W8A8, (torch.randn(2, 6, 10),))
+    assert [(b.module, b.kind) for b in blockers] == [("rnn", "RNN")]
+    assert "GRU" in blockers[0].fix and "LSTM" in blockers[0].fix
