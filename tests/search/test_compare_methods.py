@@ -1,6 +1,7 @@
 """analysis/compare_methods.py fine-tunes each row with the one training loop and the methods' hooks."""
 
 import csv
+import json
 import runpy
 from pathlib import Path
 
@@ -11,11 +12,22 @@ def test_a_method_row_is_fine_tuned_and_scored(make_study, tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(ANALYSIS))
     script = runpy.run_path(str(ANALYSIS / "compare_methods.py"), run_name="analysis_compare_methods")
     out = tmp_path / "methods.csv"
-    args = ["--study", str(make_study()), "--steps", "2", "--only", "^(float|gq-w4)$", "--out", str(out)]
+    args = ["--study", str(make_study()), "--steps", "8", "--only", "^(float|gq-w4|uniform-w4|regrow-90-w8)$",
+            "--out", str(out)]
     assert script["main"](args) == 2  # no baseline yet
     assert "--train-baseline" in capsys.readouterr().err
     assert script["main"]([*args, "--train-baseline"]) == 0
     rows = {r["row"]: r for r in csv.DictReader(out.open())}
-    assert set(rows) == {"float", "gq-w4"}
-    assert rows["gq-w4"]["steps"] == "2" and float(rows["gq-w4"]["avg_weight_bits"]) == 4.0
-    assert 0.0 <= float(rows["gq-w4"]["dev_wer"])
+    assert set(rows) == {"float", "gq-w4", "uniform-w4", "regrow-90-w8"}
+    assert rows["gq-w4"]["steps"] == "8" and float(rows["gq-w4"]["avg_weight_bits"]) == 4.0
+    gq = {k: float(v) for k, v in rows["gq-w4"].items() if k.endswith(("wer", "_low", "_high"))}
+    assert gq["wer_ci_low"] <= gq["dev_wer"] <= gq["wer_ci_high"]
+    assert gq["test_wer_ci_low"] <= gq["test_wer"] <= gq["test_wer_ci_high"]
+    # gq ran before uniform-w4: its paired delta against it was filled in when uniform finished
+    assert gq["delta_ci_low"] <= gq["delta_wer"] <= gq["delta_ci_high"]
+    assert float(rows["uniform-w4"]["delta_wer"]) == 0.0
+    assert rows["float"]["delta_wer"] in ("", "nan")
+    assert rows["regrow-90-w8"]["sparsity"] == "regrow:0.9"
+    details = json.loads(out.with_suffix(".details.json").read_text())
+    assert len(details["gq-w4"]["loss"]) == 8 and details["float"]["loss"] == []
+    assert len(details["gq-w4"]["dev"]["errors"]) == len(details["gq-w4"]["dev"]["words"]) > 0
