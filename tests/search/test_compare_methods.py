@@ -31,3 +31,7 @@ def test_a_method_row_is_fine_tuned_and_scored(make_study, tmp_path, monkeypatch
     details = json.loads(out.with_suffix(".details.json").read_text())
     assert len(details["gq-w4"]["loss"]) == 8 and details["float"]["loss"] == []
     assert len(details["gq-w4"]["dev"]["errors"]) == len(details["gq-w4"]["dev"]["words"]) > 0
+
+    plot = runpy.run_path(str(ANALYSIS / "plot_methods.py"), run_name="analysis_plot_methods")
+    assert plot["main"](["--csv", str(out), "--out", str(tmp_path / "methods.png")]) == 0
+    assert (tmp_path / "methods.png").stat().st_size > 0 and (tmp_path / "methods-loss.png").stat().st_size > 0
