@@ -72,7 +72,7 @@ def print_front(cfg, rows: str = "front", plot: bool = True, written_front=None)
     """Write the front's files (unless `written_front`, the (table, files) a study run wrote) and print its
     table, counts and hypervolume; returns the FrontTable."""
     from mpsearch.search.front_files import write_front
-    from mpsearch.search.pareto import format_front_table, interval_summary
+    from mpsearch.search.front_text import format_front_table, interval_summary
     from mpsearch.search.record import older_baseline_note
     from mpsearch.search.storage import storage_url
 

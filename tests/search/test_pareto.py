@@ -8,9 +8,9 @@ import pytest
 from mpsearch.config import StudyConfig
 from mpsearch.errors import ConfigError, MpsearchError
 from mpsearch.quant import Policy, QuantConfig
+from mpsearch.search.front_text import format_front_table
 from mpsearch.search.pareto import (
     FrontTable,
-    format_front_table,
     hypervolume,
     load_front_table,
     non_dominated,
@@ -226,7 +226,7 @@ def _record(errors, words, digest="refs-1"):
 
 def test_front_table_pairs_each_trial_with_uniform_8_bit_on_the_same_utterances(tmp_path):
     from mpsearch.eval.bootstrap import paired_delta
-    from mpsearch.search.pareto import interval_summary, not_worse_than_uniform8
+    from mpsearch.search.front_text import interval_summary, not_worse_than_uniform8
 
     cfg = study_config(tmp_path)
     study = make_study(cfg)
