@@ -62,9 +62,64 @@ class DataConfig(Section):
     max_batch_frames: int = Field(24000, ge=100, description="length-bucketed batches hold at most this many feature frames")
 
 
+DOTTED_PATH = "'package.module:attribute'"
+
+
+def check_dotted_path(value: str | None) -> str | None:
+    """`package.module:attribute` (the form Python entry points use): checked for shape here; imported
+    where the object is used."""
+    if value is None:
+        return value
+    module, _, attribute = value.partition(":")
+    parts = module.split(".") + attribute.split(".")
+    if not module or not attribute or not all(p.isidentifier() for p in parts):
+        raise ValueError(f"must be {DOTTED_PATH}, an importable module and a name in it (e.g. "
+                         "'my_models:build_model')")
+    return value
+
+
 class ModelConfig(Section):
-    name: str
+    """A registered model (`name`) or the user's own, built by `factory` (exactly one of the two)."""
+
+    name: str | None = Field(None, description="a registered model (mpsearch.models.MODELS)")
+    factory: str | None = Field(None, description="'package.module:function' returning an nn.Module, called with "
+                                                  "params and, where it accepts them, n_mels and vocab_size")
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None) -> str | None:
+        return check_dotted_path(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("needs exactly one of 'name' (a registered model: rnnt, conformer, transformer_lm) or "
+                             f"'factory' ({DOTTED_PATH}, a function building your own model)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How logs and metrics name the model: its registry name or its factory."""
+        return self.name or self.factory
+
+    def to_dict(self) -> dict[str, Any]:
+        # the unused source is left out, so configs (and the keys hashed from them) of registered models
+        # read as they always have
+        return self.model_dump(mode="json", exclude={k for k in ("name", "factory") if getattr(self, k) is None})
+
+
+class TaskConfig(Section):
+    """How the study's speech batches train and score the model. Default: the model's forward returns
+    its loss and its `greedy_decode` the token ids (mpsearch.training.tasks.SpeechTask)."""
+
+    adapter: str | None = Field(None, description="'package.module:Name' of a task adapter (loss(model, batch), "
+                                                  "decode(model, batch); see mpsearch.training.tasks.TaskAdapter)")
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_form(cls, value: str | None) -> str | None:
+        return check_dotted_path(value)
 
 
 class TrainConfig(Section):
@@ -271,6 +326,7 @@ class StudyConfig(Section):
     output_dir: str | None = None
     data: DataConfig = DataConfig()
     model: ModelConfig
+    task: TaskConfig = TaskConfig()
     train: TrainConfig = TrainConfig()
     baseline: BaselineConfig = BaselineConfig()
     hardware: HardwareConfig = HardwareConfig()

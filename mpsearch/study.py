@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from mpsearch.sensitivity.report import SensitivityReport
     from mpsearch.space import SearchSpace
     from mpsearch.supernet.search import SupernetCandidate
+    from mpsearch.training.tasks import TaskAdapter
     from mpsearch.training.user import UserModel
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Study:
         search = self.cfg.search
         searching = STAGES.index(until) >= STAGES.index("trials")
         backend, address = backend or search.backend, address or search.address
+        self.check_model()
         if searching:  # what the user may have got wrong, before minutes to hours of work
             from mpsearch.search.engine import check_before_work
 
@@ -171,6 +173,26 @@ class Study:
         # built once: the sites are read from it, and baseline() gives it the baseline's weights
         return self.new_model()
 
+    @cached_property
+    def adapter(self) -> TaskAdapter | None:
+        """The study's `task.adapter` (how a speech batch becomes a loss and a transcript), or None for
+        the built-in contract."""
+        if self.cfg.task.adapter is None:
+            return None
+        from mpsearch.training.tasks import load_adapter
+
+        return load_adapter(self.cfg.task.adapter)
+
+    def check_model(self) -> None:
+        """Build the model and load the task adapter now, so a bad `model` or `task` section is one line
+        before any long work."""
+        model = self._model
+        if self.cfg.model.factory is not None and self.adapter is None and not callable(getattr(model, "greedy_decode",
+                                                                                                 None)):
+            raise ConfigError(f"model.factory '{self.cfg.model.factory}' builds a {type(model).__name__} without "
+                              "greedy_decode(feats, feat_lens), so the study cannot score it; add one (and a forward "
+                              "that returns the loss), or name a task.adapter.")
+
     def task(self, model: torch.nn.Module, augment: bool | None = None, max_batch_frames: int | None = None):
         """The task that trains and scores `model`; `augment` defaults to `train.augment`."""
         if self.user is not None:
@@ -178,11 +200,13 @@ class Study:
         from mpsearch.models import model_kind
         from mpsearch.training.tasks import LanguageModelTask, SpeechTask
 
-        if model_kind(model) == "lm":
+        # a user's factory model is a speech model unless it says otherwise; a registered one must say
+        kind = getattr(model, "kind", None) if self.cfg.model.factory is not None else model_kind(model)
+        if kind == "lm" and self.adapter is None:
             return LanguageModelTask(model, self.data)
         augment = self.cfg.train.augment if augment is None else augment
         return SpeechTask(model, self.data, max_batch_frames or self.cfg.data.max_batch_frames,
-                          augment=augment and self.cfg.data.features.specaugment is not None)
+                          augment=augment and self.cfg.data.features.specaugment is not None, adapter=self.adapter)
 
     def unaugmented_batches(self, model: torch.nn.Module,
                             max_batch_frames: int | None = None) -> Callable[[int], Iterator[Any]]:
@@ -263,12 +287,14 @@ class Study:
         new baseline instead of reusing a stale one). None for a user's own model, which is not stored."""
         if self.user is not None:
             return None
+        # an adapter changes how the model is trained and scored; without one the keys read as they always have
+        task = (self.cfg.task,) if self.cfg.task.adapter is not None else ()
         if self.checkpoint_path is not None:
             return config_hash(self.cfg.data, self.cfg.model, {"checkpoint": self.checkpoint_sha256},
-                               self.manifest_digests)
+                               self.manifest_digests, *task)
         # how the run is watched and how many threads it uses do not change the model it trains
         recipe = self.cfg.train.model_dump(mode="json", exclude={"threads", "eval_every", "checkpoint_every"})
-        return config_hash(self.cfg.data, self.cfg.model, recipe, self.manifest_digests)
+        return config_hash(self.cfg.data, self.cfg.model, recipe, self.manifest_digests, *task)
 
     def baseline(self) -> tuple[torch.nn.Module, dict]:
         """The float baseline and its metrics: loaded from `baseline.checkpoint` and evaluated, or trained
@@ -289,6 +315,12 @@ class Study:
         return self._model, self._baseline[1]
 
     # --- the stages after the baseline ------------------------------------------------------------------
+    @property
+    def loss_fn(self) -> Callable[[torch.nn.Module, Any], torch.Tensor] | None:
+        """(model, batch) -> loss for the stages that differentiate the float model outside a task (the
+        sensitivity's Hessian, the supernet): the adapter's loss, or None for the model's own forward."""
+        return self.adapter.loss if self.adapter is not None else None
+
     def sensitivity(self, backend: str | None = None) -> SensitivityReport:
         """The sensitivity report of the float baseline (`backend` overrides `sensitivity.backend`)."""
         from mpsearch.sensitivity.backends import BACKENDS
@@ -300,7 +332,7 @@ class Study:
             cfg = cfg.model_copy(update={"backend": backend})
         model, _ = self.baseline()
         return ensure_sensitivity(self.dir, model, self.unaugmented_batches(model, cfg.max_batch_frames), cfg,
-                                  progress=self.progress)
+                                  progress=self.progress, loss_fn=self.loss_fn)
 
     def supernet(self) -> list[SupernetCandidate]:
         """The supernet's candidates over the study's search space, one per lambda."""
@@ -312,7 +344,7 @@ class Study:
         key = supernet_key(cfg, self.space_path, self.cfg.hardware, self.baseline_key)
         return ensure_supernet(self.dir, model, space, self.latency_model(), cfg, key,
                                self.unaugmented_batches(model, cfg.max_batch_frames), space_path=self.space_path,
-                               threads=self.cfg.train.threads, progress=self.progress)
+                               threads=self.cfg.train.threads, progress=self.progress, loss_fn=self.loss_fn)
 
     def shared_weights(self) -> dict[str, torch.Tensor]:
         """The one-shot shared weights over the study's search space (`search.oneshot`), a state dict of

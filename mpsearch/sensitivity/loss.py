@@ -65,7 +65,7 @@ def not_twice_differentiable(model: nn.Module, exc: RuntimeError) -> Sensitivity
     return SensitivityError(
         f"The loss of {type(model).__name__} is not twice differentiable ({first}); Hessian traces need double "
         "backward through it: use a model whose loss supports it (a Conformer with a CTC head needs "
-        "model.params.ctc_impl: pure).")
+        "model.params.ctc_impl: pure; a task.adapter's CTC loss, mpsearch.models.ctc_loss.ctc_loss).")
 
 
 @contextmanager

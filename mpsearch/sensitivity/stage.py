@@ -15,6 +15,7 @@ from torch import nn
 from mpsearch.artifacts import cached
 from mpsearch.config import SensitivityConfig
 from mpsearch.sensitivity.backends import BACKENDS
+from mpsearch.sensitivity.loss import LossFn, batch_loss
 from mpsearch.sensitivity.report import SensitivityReport, plot_traces, report_key
 
 log = logging.getLogger(__name__)
@@ -24,17 +25,18 @@ PLOT_FILE = "sensitivity.png"
 
 
 def ensure_sensitivity(folder: str | Path, model: nn.Module, batches: Callable[[int], Iterable[Any]],
-                       cfg: SensitivityConfig, progress: bool = False) -> SensitivityReport:
+                       cfg: SensitivityConfig, progress: bool = False,
+                       loss_fn: LossFn | None = None) -> SensitivityReport:
     """The sensitivity report of the float `model` (left unchanged) in `folder`: loaded when its key
     matches, else computed on the first `cfg.batches` of `batches(cfg.seed)` (unaugmented training
-    batches, as the model's loss takes them) and written with its plot."""
+    batches, as `loss_fn(model, batch)` takes them; default the model's forward) and written with its plot."""
     path, plot = Path(folder) / REPORT_FILE, Path(folder) / PLOT_FILE
 
     def compute() -> SensitivityReport:
         probe = copy.deepcopy(model)
         use_twice_differentiable_loss(probe)
         report = BACKENDS.get(cfg.backend)(probe, itertools.islice(batches(cfg.seed), cfg.batches), cfg,
-                                           progress=progress)
+                                           progress=progress, loss_fn=loss_fn or batch_loss)
         report.save(path)
         plot_traces(report, plot)
         log.info("wrote %s and %s (%.1f s)", path, plot, report.seconds)

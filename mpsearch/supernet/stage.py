@@ -13,6 +13,7 @@ import torch
 
 from mpsearch.artifacts import cached, read_json, write_json
 from mpsearch.config import HardwareConfig, SupernetConfig, config_hash
+from mpsearch.sensitivity.loss import LossFn, batch_loss
 from mpsearch.space import SearchSpace
 from mpsearch.supernet.search import SupernetCandidate, search
 
@@ -34,18 +35,20 @@ def supernet_key(cfg: SupernetConfig, space_path: str | Path, hardware: Hardware
 
 def ensure_supernet(folder: str | Path, model: torch.nn.Module, space: SearchSpace, latency_model: Any,
                     cfg: SupernetConfig, key: str, batches: Callable[[int], Iterable[Any]], *,
-                    space_path: str | Path = "", threads: int | None = None,
-                    progress: bool = False) -> list[SupernetCandidate]:
+                    space_path: str | Path = "", threads: int | None = None, progress: bool = False,
+                    loss_fn: LossFn | None = None) -> list[SupernetCandidate]:
     """The supernet candidates of the float `model` (left unchanged), one per lambda, in `folder`: loaded
     when their `key` (supernet_key) matches, else searched over `space` with `batches(seed)` (one epoch of
-    unaugmented training batches) on `threads` torch threads, and written atomically."""
+    unaugmented training batches, as `loss_fn(model, batch)` takes them; default the model's forward) on
+    `threads` torch threads, and written atomically."""
     path = Path(folder) / SWEEP_FILE
 
     def compute() -> list[SupernetCandidate]:
         if threads:
             torch.set_num_threads(threads)
         start = time.monotonic()
-        candidates = search(model, space, latency_model, cfg, batches=batches, progress=progress)
+        candidates = search(model, space, latency_model, cfg, batches=batches, progress=progress,
+                            loss_fn=loss_fn or batch_loss)
         for candidate in candidates:
             candidate.policy.save(policy_path(Path(folder), candidate.lam))
         write_json(path, {"_type": SWEEP_TYPE, "config_hash": key, "space": str(space_path),

@@ -22,7 +22,13 @@ from mpsearch.artifacts import cached, read_json, write_json
 from mpsearch.config import StudyConfig
 from mpsearch.data.pipeline import SpeechData
 from mpsearch.data.tokenizer import CharTokenizer
-from mpsearch.training.checkpoint import ModelCheckpoint, check_matches, load_checkpoint, save_checkpoint
+from mpsearch.training.checkpoint import (
+    CheckpointError,
+    ModelCheckpoint,
+    check_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +59,13 @@ def ensure_baseline(folder: Path, key: str, model: nn.Module, make_task: Callabl
 
     def from_checkpoint() -> tuple[ModelCheckpoint, dict[str, Any]]:
         stored = load_checkpoint(checkpoint)
-        check_matches(stored, f"baseline.checkpoint {cfg.baseline.checkpoint}", cfg.model, cfg.data.features,
-                      tokenizer)
-        model.load_state_dict(stored.state_dict)
+        where = f"baseline.checkpoint {cfg.baseline.checkpoint}"
+        check_matches(stored, where, cfg.model, cfg.data.features, tokenizer)
+        load_weights(model, stored.state_dict, where)
         log.info("evaluating the float baseline from %s", checkpoint)
         start = time.monotonic()
         metrics = {"config_hash": key, "checkpoint": cfg.baseline.checkpoint, "checkpoint_sha256": checkpoint_sha256,
-                   "source": stored.source, "model": cfg.model.name, "parameters": _parameters(model),
+                   "source": stored.source, "model": cfg.model.label, "parameters": _parameters(model),
                    "train_steps": 0, "train_seconds": 0.0, **evaluate(model)}
         metrics["eval_seconds"] = round(time.monotonic() - start, 1)
         write_json(metrics_path, metrics)
@@ -70,17 +76,18 @@ def ensure_baseline(folder: Path, key: str, model: nn.Module, make_task: Callabl
         from mpsearch.training.trainer import train
 
         folder.mkdir(parents=True, exist_ok=True)
-        log.info("training the float baseline (%s, %.2fM parameters)", cfg.model.name, _parameters(model) / 1e6)
+        log.info("training the float baseline (%s, %.2fM parameters)", cfg.model.label, _parameters(model) / 1e6)
         result = train(make_task(model), cfg.train, checkpoint=folder / "checkpoint.pt", checkpoint_key=key,
                        progress=progress)
         start = time.monotonic()
-        metrics = {"config_hash": key, "model": cfg.model.name, "parameters": _parameters(model),
+        metrics = {"config_hash": key, "model": cfg.model.label, "parameters": _parameters(model),
                    "train_steps": result.steps, "train_seconds": round(result.seconds, 1),
                    "final_train_loss": result.final_loss, "threads": torch.get_num_threads(), **evaluate(model),
                    "history": result.history}
         metrics["eval_seconds"] = round(time.monotonic() - start, 1)
         source = {
-            "study": cfg.name, "config_hash": key, "data": cfg.data.to_dict(), "train": cfg.train.to_dict(),
+            "study": cfg.name, "config_hash": key, "data": cfg.data.to_dict(), "task": cfg.task.to_dict(),
+            "train": cfg.train.to_dict(),
             "manifests": manifests, "train_steps": result.steps, "train_seconds": round(result.seconds, 1),
             "threads": torch.get_num_threads(), "dev": metrics["dev"], "test": metrics["test"],
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -113,6 +120,18 @@ def baseline_scores(task: Any, data: SpeechData) -> dict[str, Any]:
         scores[split] = {**error_rates(refs, hyps), "wer_ci_low": interval.low, "wer_ci_high": interval.high,
                          "utterances": len(refs)}
     return scores
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """`model.load_state_dict(state_dict)`; weights that do not fit (a factory whose code changed since the
+    checkpoint was written) are one CheckpointError naming the first difference."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).splitlines()[0])
+        raise CheckpointError(f"{where}: its weights do not fit the model the study builds ({detail.rstrip('.')}); "
+                              "build the model as it was when the checkpoint was written, or name another "
+                              "checkpoint.") from None
 
 
 def _parameters(model: nn.Module) -> int:

@@ -1,9 +1,9 @@
 """The trained float model as one file: what `mpsearch train` writes and `baseline.checkpoint` reads.
 
 A checkpoint carries everything needed to rebuild the model and to check that it is the model a study
-describes: the model's registry name and params, the feature settings it was trained on, the tokenizer,
-the state dict, and where it came from (the study, its config hash, steps, metrics, date, mpsearch
-version). A checkpoint is a dict saved with `torch.save` and read with `weights_only=True`, so loading
+describes: the model's registry name (or the dotted path of the user's factory) and params, the feature
+settings it was trained on, the tokenizer, the state dict, and where it came from (the study, its config
+hash, steps, metrics, date, mpsearch version). A checkpoint is a dict saved with `torch.save` and read with `weights_only=True`, so loading
 one runs no code from the file.
 
 Checkpoints shipped with mpsearch (package data under `mpsearch/pretrained/`) are named
@@ -112,18 +112,14 @@ def file_sha256(path: str | Path) -> str:
 def check_matches(checkpoint: ModelCheckpoint, where: str, model: ModelConfig, features: FeatureConfig,
                   tokenizer: CharTokenizer) -> None:
     """One line naming both sides when the checkpoint is not the model the study describes."""
-    from mpsearch.models import MODELS
+    from mpsearch.models import resolved_params
 
-    def resolved(cfg: ModelConfig) -> dict[str, Any]:
-        config_class = MODELS.get(cfg.name).config_class
-        defaults = {k: f.default for k, f in config_class.model_fields.items() if not f.is_required()}
-        return {**defaults, **cfg.params}
-
-    if checkpoint.model.name != model.name:
-        raise CheckpointError(f"{where} holds a '{checkpoint.model.name}' model but the study's model.name is "
-                              f"'{model.name}'; set model.name: {checkpoint.model.name} or name another checkpoint.")
-    ours, theirs = resolved(model), resolved(checkpoint.model)
-    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in ("vocab_size", "n_mels"))
+    if (checkpoint.model.name, checkpoint.model.factory) != (model.name, model.factory):
+        theirs, ours = _source(checkpoint.model), _source(model)
+        raise CheckpointError(f"{where} holds a model of {theirs} but the study's model section has {ours}; set "
+                              f"{theirs} in the study's model section or name another checkpoint.")
+    ours, theirs = resolved_params(model), resolved_params(checkpoint.model)
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
         pairs = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, study {ours.get(k)!r}" for k in differ)
         raise CheckpointError(f"{where} does not match the study's model.params ({pairs}); make the study's model "
@@ -137,3 +133,7 @@ def check_matches(checkpoint: ModelCheckpoint, where: str, model: ModelConfig, f
         raise CheckpointError(f"{where} has the tokenizer alphabet {checkpoint.alphabet!r} but the study's is "
                               f"{tokenizer.alphabet!r}; use the checkpoint's tokenizer (delete the study folder's "
                               "tokenizer.json) or name another checkpoint.")
+
+
+def _source(model: ModelConfig) -> str:
+    return f"model.name: {model.name}" if model.name is not None else f"model.factory: {model.factory}"
