@@ -139,12 +139,17 @@ class Study:
     # --- data -------------------------------------------------------------------------------------------
     @cached_property
     def tokenizer(self) -> CharTokenizer:
+        from mpsearch.artifacts import cached
+
         path = self.dir / "tokenizer.json"
-        if path.is_file():
-            return CharTokenizer.load(path)
-        tokenizer = CharTokenizer()
-        tokenizer.save(path)
-        return tokenizer
+
+        def make() -> CharTokenizer:
+            tokenizer = CharTokenizer()
+            tokenizer.save(path)
+            return tokenizer
+
+        # the alphabet is fixed, so a tokenizer file cut short is set aside and written again
+        return cached(path, "CharTokenizer", make, lambda stored: ("CharTokenizer", CharTokenizer.load(stored)))
 
     @cached_property
     def manifests(self) -> dict[str, Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mpsearch.artifacts import atomic_path
+from mpsearch.artifacts import atomic_path, cached
 from mpsearch.config import DataConfig, FeatureConfig
 from mpsearch.data.features import log_mel, normalize_utterance, spec_augment
 from mpsearch.data.manifest import load_audio, read_manifest
@@ -124,10 +124,19 @@ def load_features(manifest: str | Path, features: FeatureConfig, cache_dir: str 
     if not manifest.is_file():
         raise DataError(f"Manifest '{manifest}' does not exist; create it with `mpsearch data synth` or "
                         "`mpsearch data librispeech`.")
-    cache = Path(cache_dir) / f"{manifest.stem}-{_manifest_key(manifest, features)}.pt"
-    if cache.is_file():
-        stored = torch.load(cache)
-        return list(torch.split(stored["feats"], stored["frames"])), stored["texts"]
+    key = _manifest_key(manifest, features)
+    cache = Path(cache_dir) / f"{manifest.stem}-{key}.pt"
+
+    def load(path: Path) -> tuple[str, tuple[list[torch.Tensor], list[str]]]:
+        stored = torch.load(path, weights_only=True)
+        return key, (list(torch.split(stored["feats"], stored["frames"])), stored["texts"])
+
+    # a cache cut short by a kill is set aside (one line naming it) and computed again
+    return cached(cache, key, lambda: _compute_features(manifest, features, cache, progress), load)
+
+
+def _compute_features(manifest: Path, features: FeatureConfig, cache: Path,
+                      progress: bool) -> tuple[list[torch.Tensor], list[str]]:
     utterances = read_manifest(manifest)
     if not utterances:
         raise DataError(f"Manifest '{manifest}' has no utterances; check it with `mpsearch data check`.")
