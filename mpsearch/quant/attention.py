@@ -6,38 +6,16 @@ the NNA converter knows). In float it computes what nn.MultiheadAttention comput
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from mpsearch.errors import PolicyError
+from mpsearch.nn_ops import MatMul, Softmax
 
-
-class ScaledMatMul(nn.Module):
-    """a @ b, divided by a constant `divisor` when one is given (op "matmul")."""
-
-    op_name: ClassVar[str] = "matmul"
-
-    def __init__(self, divisor: float | None = None) -> None:
-        super().__init__()
-        self.divisor = None if divisor is None else float(divisor)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        out = a @ b
-        return out if self.divisor is None else out / self.divisor
-
-
-class MaskedSoftmax(nn.Module):
-    """Softmax over the last dim where `keep` (boolean, broadcasting) allows (op "softmax")."""
-
-    op_name: ClassVar[str] = "softmax"
-    dim: int = -1
-
-    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
-        if keep is not None:
-            x = x.masked_fill(~keep, torch.finfo(x.dtype).min)
-        return x.softmax(dim=-1)
+# The attention ops under the names the NNA rewrites use.
+ScaledMatMul = MatMul
+MaskedSoftmax = Softmax
 
 
 class SplitMultiheadAttention(nn.Module):
