@@ -34,3 +34,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def stage_run(monkeypatch):
+    """`stage_run(stage, result)` makes Study.run answer `result` for `stage` without running it, so a
+    CLI test sees only the printing; it returns a dict that collects the study's dir and whatever
+    keyword arguments the CLI passed."""
+    from mpsearch.study import Study
+
+    def install(stage: str, result) -> dict:
+        seen = {}
+
+        def run(study, until, **kwargs):
+            assert until == stage
+            seen.update(dir=study.dir, **kwargs)
+            return result
+
+        monkeypatch.setattr(Study, "run", run)
+        return seen
+
+    return install

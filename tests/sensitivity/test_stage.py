@@ -6,7 +6,7 @@ import torch
 from mpsearch.cli.main import main
 from mpsearch.config import SensitivityConfig
 from mpsearch.sensitivity import SensitivityReport, stage
-from mpsearch.study import Study, StudyResult
+from mpsearch.study import StudyResult
 
 
 class StageInputs:
@@ -66,23 +66,15 @@ def test_the_backend_can_be_overridden(study):
     assert ensure(study).settings["backend"] == "hutchinson"
 
 
-def test_cli_prints_the_table(tmp_path, monkeypatch, capsys, study):
+def test_cli_prints_the_table(tmp_path, capsys, study, stage_run):
     report = ensure(study)
-    seen = {}
-
-    def fake_run(real_study, until, sensitivity_backend=None, **overrides):
-        seen["backend"] = sensitivity_backend
-        seen["dir"] = real_study.dir
-        assert until == "sensitivity" and not overrides
-        return StudyResult(baseline={}, sensitivity=report)
-
-    monkeypatch.setattr(Study, "run", fake_run)
+    seen = stage_run("sensitivity", StudyResult(baseline={}, sensitivity=report))
     path = tmp_path / "s.yaml"
     path.write_text(f"name: s\noutput_dir: {tmp_path / 'out'}\nmodel: {{name: rnnt}}\n"
                     "sensitivity: {batches: 1, bits: [2, 8]}\n")
     assert main(["sensitivity", str(path), "--backend", "pyhessian", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert seen == {"backend": "pyhessian", "dir": tmp_path / "out"}
+    assert seen == {"sensitivity_backend": "pyhessian", "dir": tmp_path / "out"}
     assert all(site in out for site in report.sites) and "sensitivity.json" in out
 
 

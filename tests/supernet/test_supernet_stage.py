@@ -101,16 +101,9 @@ def test_an_unset_search_space_is_a_one_line_error(study, tmp_path):
         Study(cfg, progress=False).run("supernet")
 
 
-def test_cli_prints_the_table(tmp_path, monkeypatch, capsys, study):
+def test_cli_prints_the_table(tmp_path, capsys, study, stage_run):
     candidates = ensure(study)
-    seen = {}
-
-    def fake_run(real_study, until, **overrides):
-        seen["dir"] = real_study.dir
-        assert until == "supernet" and not overrides
-        return StudyResult(baseline={}, supernet=candidates)
-
-    monkeypatch.setattr(Study, "run", fake_run)
+    seen = stage_run("supernet", StudyResult(baseline={}, supernet=candidates))
     path = tmp_path / "s.yaml"
     path.write_text(f"name: s\noutput_dir: {tmp_path / 'out'}\nmodel: {{name: rnnt}}\n"
                     f"search: {{space: {SPACE}}}\nsupernet: {{lambdas: [0, 1], steps: 2}}\n")
