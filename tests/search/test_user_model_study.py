@@ -1,0 +1,71 @@
+"""A user's own model named in a study YAML (`model.factory` + `task.adapter`): the whole CLI flow on
+the tiny synthesized corpus, then a second study that starts from the first one's baseline checkpoint."""
+
+import json
+
+import yaml
+
+from mpsearch.cli.main import main
+from mpsearch.config import StudyConfig
+from mpsearch.training.checkpoint import load_checkpoint
+
+FACTORY = "mpsearch.testing.user_models:conv_rnn_ctc"
+SPACE = {"groups": {"front": {"sites": ["frontend", "encoder.*"], "weight_bits": [4, 8]},
+                    "out": {"sites": ["output"], "weight_bits": [4, 8]}}}
+
+
+def user_study(tmp_path, make_study, name: str, adapter: str, rnn: str = "gru", **search) -> dict:
+    """The tiny study (conftest.py) with the example factory and `adapter`, in its own folder."""
+    space = tmp_path / "user-space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    study = yaml.safe_load(make_study(space=str(space), trials=3, **{"emulation": "none", **search}).read_text())
+    study.update(name=name, output_dir=str(tmp_path / name), task={"adapter": adapter},
+                 model={"factory": FACTORY, "params": {"channels": 8, "hidden": 12, "rnn": rnn}})
+    return study
+
+
+def write(tmp_path, study: dict) -> str:
+    path = tmp_path / f"{study['name']}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return str(path)
+
+
+def test_a_factory_model_with_an_adapter_runs_the_cli_flow_and_its_checkpoint_starts_another(
+        tmp_path, make_study, capsys):
+    # sensitivity (the ILP warm start) takes second derivatives of the adapter's loss; the LSTM variant
+    # runs under NNA emulation, so `train --policy` writes the integer export
+    first = write(tmp_path, user_study(tmp_path, make_study, "own", "mpsearch.testing.user_models:"
+                                       "TwiceDifferentiableCTCAdapter", rnn="lstm", emulation="nna"))
+    assert main(["search", first, "--no-progress"]) == 0
+    folder = StudyConfig.from_yaml(first).study_dir
+    metrics = json.loads((folder / "baseline" / "metrics.json").read_text())
+    assert metrics["model"] == FACTORY and metrics["train_steps"] == 3 and 0 <= metrics["dev"]["wer"]
+    assert (folder / "sensitivity.json").is_file() and (folder / "front.csv").is_file()
+    stored = load_checkpoint(folder / "baseline" / "model.pt")
+    assert stored.model.factory == FACTORY and stored.model.params == {"channels": 8, "hidden": 12, "rnn": "lstm"}
+
+    policy = tmp_path / "knee.json"
+    assert main(["export", first, "--pick", "knee", "--out", str(policy)]) == 0
+    assert main(["train", first, "--policy", str(policy), "--no-progress"]) == 0
+    trained = json.loads((folder / "trained" / "knee" / "metrics.json").read_text())
+    assert trained["finetune"]["steps"] == 1 and "wer" in trained and "latency_ms" in trained
+    assert (folder / "trained" / "knee" / "model.npz").is_file()
+
+    # torch's CTC kernel (no second derivative) is fine without the sensitivity stage
+    second = user_study(tmp_path, make_study, "from_own", "mpsearch.testing.user_models:CTCAdapter", rnn="lstm",
+                        warm_start={"ilp": 0})
+    second["baseline"] = {"checkpoint": str(folder / "baseline" / "model.pt")}
+    second.pop("train")
+    capsys.readouterr()
+    assert main(["search", write(tmp_path, second), "--no-progress"]) == 0
+    assert "3 trials on optuna" in capsys.readouterr().out
+    reused = json.loads((StudyConfig.from_dict(second).study_dir / "baseline" / "metrics.json").read_text())
+    assert reused["train_steps"] == 0 and reused["dev"]["wer"] == metrics["dev"]["wer"]
+
+    # the checkpoint records the factory and its params: another architecture is caught before any trial
+    second.update(name="mismatched", model={"factory": FACTORY, "params": {"channels": 8, "hidden": 16, "rnn": "lstm"}},
+                  output_dir=str(tmp_path / "mismatched"))
+    assert main(["search", write(tmp_path, second), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the study's model.params (hidden: checkpoint 12, study 16)" in err and err.count("\n") == 1
+
