@@ -191,9 +191,8 @@ class Study:
     def check_model(self) -> None:
         """Build the model and load the task adapter now, so a bad `model` or `task` section is one line
         before any long work."""
-        model = self._model
-        if self.cfg.model.factory is not None and self.adapter is None and not callable(getattr(model, "greedy_decode",
-                                                                                                 None)):
+        model, adapter = self._model, self.adapter
+        if self.cfg.model.factory is not None and adapter is None and not callable(getattr(model, "greedy_decode", None)):
             raise ConfigError(f"model.factory '{self.cfg.model.factory}' builds a {type(model).__name__} without "
                               "greedy_decode(feats, feat_lens), so the study cannot score it; add one (and a forward "
                               "that returns the loss), or name a task.adapter.")

@@ -148,6 +148,8 @@ def study_yaml(tmp_path, **sections) -> str:
     ({"model": {"factory": FACTORY}}, "builds a ConvRNNCTC without greedy_decode(feats, feat_lens)"),
     ({"model": {"factory": FACTORY}, "task": {"adapter": "mpsearch.testing.user_models:nothing"}},
      "task.adapter 'mpsearch.testing.user_models:nothing': 'mpsearch.testing.user_models' has no attribute"),
+    ({"model": {"name": "rnnt"}, "task": {"adapter": "no_such_package_here:Adapter"}},
+     "task.adapter 'no_such_package_here:Adapter': no module named 'no_such_package_here'"),
 ])
 def test_the_cli_says_what_is_wrong_before_any_work(tmp_path, capsys, sections, expected):
     assert main(["train", study_yaml(tmp_path, **sections), "--no-progress"]) == 2
