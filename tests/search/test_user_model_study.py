@@ -69,3 +69,21 @@ def test_a_factory_model_with_an_adapter_runs_the_cli_flow_and_its_checkpoint_st
     err = capsys.readouterr().err
     assert "does not match the study's model.params (hidden: checkpoint 12, study 16)" in err and err.count("\n") == 1
 
+
+
+def test_ray_workers_import_a_factory_beside_the_study_by_its_dotted_path(tmp_path, make_study, ray_session,
+                                                                          monkeypatch):
+    from optuna.trial import TrialState
+
+    from mpsearch.study import Study
+
+    (tmp_path / "models_beside_the_study.py").write_text(
+        "from mpsearch.testing.user_models import CTCAdapter, ConvRNNCTC\n\n"
+        "def build(n_mels, vocab_size, hidden=12):\n"
+        "    return ConvRNNCTC(n_mels, vocab_size, channels=8, hidden=hidden)\n")
+    monkeypatch.chdir(tmp_path)  # where `mpsearch search` runs: neither installed nor on PYTHONPATH
+    study = user_study(tmp_path, make_study, "on_ray", "models_beside_the_study:CTCAdapter", warm_start={"ilp": 0})
+    study["model"] = {"factory": "models_beside_the_study:build"}
+    stored = Study(StudyConfig.from_dict(study), progress=False).run("trials", backend="ray", trials=2, workers=2).trials
+    complete = stored.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 2 and all(t.user_attrs["metrics"]["wer"] >= 0 for t in complete)
