@@ -309,13 +309,14 @@ class Study:
                 self._baseline = (None, {"model": "user", "parameters": sum(p.numel() for p in
                                                                            self._model.parameters())})
             else:
-                from mpsearch.training.baseline import ensure_baseline
+                from mpsearch.training.baseline import MODEL_FILE, ensure_baseline, load_weights
 
                 self._baseline = ensure_baseline(
                     self.baseline_dir, self.baseline_key, self._model, self.task, lambda: self.data, self.cfg,
                     self.tokenizer, self.manifest_digests, self.checkpoint_path,
                     self.checkpoint_sha256 if self.checkpoint_path is not None else "", self.progress)
-                self._model.load_state_dict(self._baseline[0].state_dict)
+                where = self.cfg.baseline.checkpoint or str(self.baseline_dir / MODEL_FILE)
+                load_weights(self._model, self._baseline[0].state_dict, where)
         return self._model, self._baseline[1]
 
     # --- the stages after the baseline ------------------------------------------------------------------
