@@ -82,7 +82,7 @@ def _commands(path: Path) -> list[str]:
     """Each command line of the bash blocks, comments cut off, `a && b` split."""
     commands = []
     for block in _code_blocks(path, "bash"):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a line ending in a backslash goes on
             line = line.split(" #", 1)[0].strip()
             if line and not line.startswith("#"):
                 commands += [part.strip() for part in line.split("&&")]
