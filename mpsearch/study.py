@@ -391,8 +391,7 @@ class Study:
                                                         test=mode != "oneshot")
             from mpsearch.search.record import scoring_key
 
-            scored_on = scoring_key(self.cfg.model_copy(update={"search": cfg.model_copy(update={"trial_mode": mode})}),
-                                    self.baseline_key)
+            scored_on = scoring_key(self.cfg, self.baseline_key, mode)
             self.__dict__[f"_runner_{mode}"] = TrialRunner(
                 model, cfg, self.cfg.hardware.profile, self.sites(), self.latency_model(),
                 lambda trained, augment: self.task(trained, augment=augment), calibration, evaluate,

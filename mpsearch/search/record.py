@@ -86,10 +86,10 @@ def oneshot_key(cfg: StudyConfig, baseline: str | None) -> str:
     return config_hash(cfg.search.oneshot, Path(cfg.search.space or "").read_text(), baseline or "")
 
 
-def scoring_key(cfg: StudyConfig, baseline: str | None) -> str | None:
-    """What the study's trials are scored on: the float baseline `baseline`, joined, for one-shot trials,
-    to their shared weights' key."""
-    if baseline is None or cfg.search.trial_mode != "oneshot":
+def scoring_key(cfg: StudyConfig, baseline: str | None, mode: str | None = None) -> str | None:
+    """What the study's trials (of trial mode `mode`, default `search.trial_mode`) are scored on: the
+    float baseline `baseline`, joined, for one-shot trials, to their shared weights' key."""
+    if baseline is None or (mode or cfg.search.trial_mode) != "oneshot":
         return baseline
     return f"{baseline}+oneshot-{oneshot_key(cfg, baseline)}"
 
