@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -230,7 +230,10 @@ class SearchConfig(Section):
     sampler: Literal["nsga2", "tpe", "random", "gp"] = "nsga2"
     objectives: tuple[str, ...] = Field(("wer", "latency_ms"), min_length=2, description="all minimised")
     trials: int = Field(20, ge=1, description="complete trials wanted, warm-start trials included")
-    workers: int = Field(1, ge=1, description="trials run at once")
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="trials run at once; auto: one one-thread trial per core free at start (at most "
+                            "4 on the optuna backend, whose trials are threads of one process), one per "
+                            "cluster CPU on ray")
     storage: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<study dir>/optuna.db")
     address: str | None = Field(None, description="ray backend: a running Ray cluster; default a local Ray")
     emulation: Literal["nna", "none"] = Field("nna", description="nna: the chip's integer arithmetic in training")

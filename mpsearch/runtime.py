@@ -51,6 +51,11 @@ def choose_threads(cores: int, busy: float, workers: int = 1) -> int:
     return max(1, free // max(1, workers))
 
 
+def free_cores() -> int:
+    """The cores other work leaves free now (a core counts as taken when more than half busy), at least one."""
+    return choose_threads(os.cpu_count() or 1, busy_cores())
+
+
 def apply_thread_policy(workers: int = 1) -> int:
     """Set torch's thread count for this process from the cores free now; returns it. An explicit
     `train.threads` (or a Ray trial's CPUs) still overrides it where that applies."""

@@ -76,7 +76,7 @@ class Study:
 
     # --- the flow ---------------------------------------------------------------------------------------
     def run(self, until: str = "front", *, backend: str | None = None, trials: int | None = None,
-            workers: int | None = None, address: str | None = None,
+            workers: int | str | None = None, address: str | None = None,
             sensitivity_backend: str | None = None) -> StudyResult:
         """Run the study up to and including the stage `until` (one of STAGES), reusing finished stages.
         The keywords override the study's `search.backend`, `search.trials`, `search.workers`,

@@ -35,9 +35,18 @@ def add_parser(subparsers) -> None:
         parser.add_argument("--trials", type=int, help="complete trials of distinct points wanted in total, warm "
                                                        "starts included, at most the space's size (default "
                                                        "search.trials)")
-        parser.add_argument("--workers", type=int, help="trials run at once (default search.workers)")
+        parser.add_argument("--workers", type=workers_arg, help="trials run at once, or auto (default search.workers)")
         parser.add_argument("--address", help="Ray cluster address (ray backend); default a local Ray")
         parser.set_defaults(func=run, require_stored=name == "resume")
+
+
+def workers_arg(text: str) -> int | str:
+    """--workers: a positive count or auto."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number or auto; got {text!r}")
+    return int(text)
 
 
 def run(args) -> int:

@@ -30,7 +30,7 @@ class OptunaBackend:
             raise ConfigError("--address names a Ray cluster; use it with --backend ray.")
 
     def run(self, cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], runner: Callable[[], TrialRunner],
-            *, trials: int, workers: int, address: str | None, progress: bool) -> optuna.Study:
+            *, trials: int, workers: int | str, address: str | None, progress: bool) -> optuna.Study:
         from mpsearch.search.optuna_backend import run_optuna
 
         return run_optuna(cfg, space, starts, runner().run, trials=trials, workers=workers, progress=progress)
@@ -48,7 +48,7 @@ class RayBackend:
             check_address(address)
 
     def run(self, cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], runner: Callable[[], TrialRunner],
-            *, trials: int, workers: int, address: str | None, progress: bool) -> optuna.Study:
+            *, trials: int, workers: int | str, address: str | None, progress: bool) -> optuna.Study:
         from mpsearch.search.ray_backend import run_ray
 
         return run_ray(cfg, space, starts, trials=trials, workers=workers, address=address, progress=progress)
@@ -76,7 +76,7 @@ def check_before_work(cfg: StudyConfig, space: SearchSpace, backend: str, addres
 
 
 def run_trials(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], runner: Callable[[], TrialRunner], *,
-               backend: str, trials: int, workers: int = 1, address: str | None = None,
+               backend: str, trials: int, workers: int | str = 1, address: str | None = None,
                progress: bool = False) -> optuna.Study:
     """Run (or continue) the trials on `backend`; `runner()` gives the TrialRunner of an in-process backend.
     Returns the Optuna study holding every trial."""

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from mpsearch.config import StudyConfig
 
 log = logging.getLogger(__name__)
+# search.workers auto: at most this many trial threads in one process
+MAX_AUTO_WORKERS = 4
 
 
 def make_sampler(name: str, seed: int, n_objectives: int = 2) -> optuna.samplers.BaseSampler:
@@ -75,6 +77,19 @@ def target_points(trials: int, space: SearchSpace) -> int:
         log.info("the search space holds %d points; the search stops when each has a complete trial "
                  "(%d requested)", space.size(), trials)
     return min(trials, space.size())
+
+
+def open_run(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trials: int,
+             heartbeat: bool = True) -> tuple[TrialRecord, int, int]:
+    """The record a run of either backend starts from (dead trials recovered, warm starts enqueued), the
+    distinct points the run aims at and those the study already holds; done >= target means no work."""
+    record = open_record(cfg, space, heartbeat=heartbeat)
+    record.prepare(starts, cfg.search.heartbeat_seconds)
+    target = target_points(trials, space)
+    done = record.distinct_complete_count()
+    if done >= target:
+        log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
+    return record, target, done
 
 
 def make_objective(record: TrialRecord, evaluate: Callable[[Any], dict], poll_seconds: float = 2.0,
@@ -121,7 +136,7 @@ class _StopWhenDone:
 
 
 def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], evaluate: Callable[[Any], dict],
-               trials: int, workers: int = 1, progress: bool = True) -> optuna.Study:
+               trials: int, workers: int | str = 1, progress: bool = True) -> optuna.Study:
     """Run trials until the study holds `trials` distinct complete points of the current float baseline
     (warm starts included)."""
     import optuna
@@ -129,13 +144,17 @@ def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], ev
     from tqdm.auto import tqdm
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line names each failed trial
-    record = open_record(cfg, space)
-    record.prepare(starts, cfg.search.heartbeat_seconds)
-    target = target_points(trials, space)
-    done = record.distinct_complete_count()
+    record, target, done = open_run(cfg, space, starts, trials)
     if done >= target:
-        log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
         return record.study
+    if workers == "auto":
+        from mpsearch.runtime import free_cores
+
+        # One one-thread trial per free core: on 2 idle cores two such trials score 1.28x the trials per
+        # minute of one 2-thread trial (analysis/bench_ray.py --backend optuna). The trials are threads of
+        # this process and share its GIL, so a few of them, not one per core of a large machine.
+        workers = min(free_cores(), MAX_AUTO_WORKERS)
+        log.info("running %d trial(s) at once (search.workers: auto)", workers)
     if workers > 1:
         from mpsearch.runtime import apply_thread_policy
 

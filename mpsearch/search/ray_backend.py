@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mpsearch.errors import MpsearchError, TrialError
-from mpsearch.search.optuna_backend import make_sampler, open_record, target_points
+from mpsearch.search.optuna_backend import make_sampler, open_run
 from mpsearch.search.record import Budget, Provenance, TrialRecord, point_key, retry_budget, scored_values
 from mpsearch.search.runs import INTERRUPTED, Heartbeat, give_back
 from mpsearch.search.warm_start import WarmStart
@@ -60,7 +60,7 @@ RETRIES_PER_TRIAL = 2
 DUPLICATE_BACKOFF_SECONDS = 2.0
 
 
-def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trials: int, workers: int = 1,
+def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trials: int, workers: int | str = 1,
             address: str | None = None, progress: bool = True,
             evaluate: Callable[[Policy], dict[str, Any]] | None = None) -> optuna.Study:
     """Run Ray trials until the study holds `trials` distinct complete points of the current float
@@ -69,21 +69,20 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    record = open_record(cfg, space, heartbeat=False)
-    record.prepare(starts, cfg.search.heartbeat_seconds)
-    target = target_points(trials, space)
-    done = record.distinct_complete_count()
+    record, target, done = open_run(cfg, space, starts, trials, heartbeat=False)
     if done >= target:
-        log.info("the study already holds %d distinct complete points (%d requested)", done, trials)
         return record.study
 
     started_ray = _connect(address)
     try:
+        asked = workers
+        if workers == "auto":  # Ray Tune's way: as many one-CPU trials as the cluster has CPUs
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         cpus = _cpus_per_trial(workers)
         given = {"evaluate": evaluate, "space": space} if evaluate is not None else {}
         trainable = tune.with_resources(
             tune.with_parameters(evaluate_trial, study_config=cfg, workdir=os.getcwd(), **given), {"cpu": cpus})
-        request = {"study": cfg.name, "trials": trials, "workers": workers,
+        request = {"study": cfg.name, "trials": trials, "workers": asked,
                    "objectives": list(cfg.search.objectives), "sampler": cfg.search.sampler}
         path, restore = _experiment_path(cfg, request)
         if restore:

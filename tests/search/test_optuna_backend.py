@@ -157,3 +157,24 @@ def test_repeated_proposals_neither_count_nor_end_the_search(tiny_study_yaml):
                    for t in copies)
         run_optuna(run, space, [], evaluate, trials=6, progress=False)
         assert len(scored) == 4
+
+
+def test_workers_auto_runs_one_trial_per_free_core_and_finishes_the_study(make_study_yaml, caplog):
+    path = make_study_yaml(workers="auto", trials=3)
+    with caplog.at_level("INFO", logger="mpsearch.search.optuna_backend"):
+        assert main(["search", str(path), "--no-progress"]) == 0
+    line = next(r.getMessage() for r in caplog.records if "search.workers: auto" in r.getMessage())
+    assert 1 <= int(line.split()[1]) <= 4
+    complete = stored(path).get_trials(states=(TrialState.COMPLETE,))
+    assert len({tuple(sorted(t.params.items())) for t in complete}) >= 3
+
+
+def test_workers_is_a_positive_count_or_auto(tiny_study_yaml, capsys):
+    with pytest.raises(SystemExit):
+        main(["search", str(tiny_study_yaml), "--workers", "0"])
+    assert "expected a positive whole number or auto" in capsys.readouterr().err
+    data = yaml.safe_load(tiny_study_yaml.read_text())
+    data["search"]["workers"] = "many"
+    tiny_study_yaml.write_text(yaml.safe_dump(data))
+    with pytest.raises(Exception, match="workers"):
+        StudyConfig.from_yaml(tiny_study_yaml)
