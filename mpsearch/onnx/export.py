@@ -1,23 +1,67 @@
-"""Write the ONNX graphs of an integer export next to it: `<stem>.encoder.onnx`, `<stem>.predictor.onnx`,
-`<stem>.joiner.onnx` for `<stem>.npz`."""
+"""Write the ONNX graphs of an integer export next to it, `<stem>.<part>.onnx` for `<stem>.npz`: the parts
+depend on the architecture its header names (`ONNX_EXPORTS`):
+
+  rnnt        encoder, predictor, joiner      (mpsearch.onnx.transducer)
+  conformer   ctc: one graph, CTC head only   (mpsearch.onnx.conformer)
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from mpsearch.artifacts import atomic_path
+from mpsearch.onnx import conformer, transducer
 from mpsearch.onnx.deps import OnnxError, require_onnx
-from mpsearch.onnx.transducer import GRAPHS, transducer_graphs
 from mpsearch.quant.nna.executor import IntegerModel
+from mpsearch.quant.nna.fileformat import HEADER_KEY
+from mpsearch.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """The graphs of one architecture: their part names, and the builder of {part: ONNX model}."""
+
+    parts: tuple[str, ...]
+    build: Callable[[IntegerModel], dict[str, Any]]
+
+
+ONNX_EXPORTS: Registry[OnnxExport] = Registry("ONNX export")
+ONNX_EXPORTS.register("rnnt")(OnnxExport(transducer.GRAPHS, transducer.transducer_graphs))
+ONNX_EXPORTS.register("conformer")(OnnxExport(conformer.PARTS, conformer.conformer_graphs))
+
+
+def architecture(npz: str | Path) -> str:
+    """The architecture named in the header of the integer export `npz`, read without its arrays."""
+    npz = Path(npz)
+    if not npz.is_file():
+        raise OnnxError(f"Integer model '{npz}' does not exist; write it with export_int(model, path).")
+    with np.load(npz, allow_pickle=False) as data:
+        if HEADER_KEY not in data.files:
+            raise OnnxError(f"{npz} has no '{HEADER_KEY}'; it is not an mpsearch integer export.")
+        return str(json.loads(str(data[HEADER_KEY])).get("architecture"))
+
+
+def onnx_export(name: str) -> OnnxExport:
+    """The registered graphs of architecture `name`, or an OnnxError listing those that have graphs."""
+    if name not in ONNX_EXPORTS:
+        raise OnnxError(f"No ONNX export for architecture {name!r}; graphs exist for "
+                        f"{', '.join(ONNX_EXPORTS.names())}. Run it with mpsearch.quant.nna.executor instead.")
+    return ONNX_EXPORTS.get(name)
 
 
 def onnx_paths(npz: str | Path) -> dict[str, Path]:
     """Where `export_onnx` writes each graph of the integer export `npz`."""
     npz = Path(npz)
-    return {part: npz.with_name(f"{npz.stem}.{part}.onnx") for part in GRAPHS}
+    return {part: npz.with_name(f"{npz.stem}.{part}.onnx") for part in onnx_export(architecture(npz)).parts}
 
 
 def export_onnx(npz: str | Path) -> dict[str, Path]:
@@ -25,11 +69,12 @@ def export_onnx(npz: str | Path) -> dict[str, Path]:
     it; returns {graph: path}. The graphs hold the export's integers as they are, so onnxruntime computes
     what `mpsearch.quant.nna.executor` computes."""
     onnx = require_onnx()
-    graphs = transducer_graphs(IntegerModel(npz))
+    model = IntegerModel(npz)
+    graphs = onnx_export(model.header.get("architecture")).build(model)
     paths = onnx_paths(npz)
-    for part, model in graphs.items():
+    for part, graph in graphs.items():
         with atomic_path(paths[part]) as tmp:
-            onnx.save_model(model, str(tmp))
+            onnx.save_model(graph, str(tmp))
     log.info("ONNX graphs written: %s", ", ".join(str(p) for p in paths.values()))
     return paths
 

@@ -8,7 +8,8 @@ operators only, so that onnxruntime computes the integers the reference executor
                    the arithmetic (floor) shift is floor_div(x, 2^s) = (x - Mod(x, 2^s)) / 2^s: Mod with
                    fmod=0 takes the divisor's (positive) sign, so the difference divides exactly and
                    Div's truncation never rounds. 2^s, 2^(s-1) and the tie constant are computed once,
-                   here, from the exported shifts.
+                   here, from the exported shifts; a shift known only at run time (the LayerNorm's,
+                   per row) gets them in the graph, 2^s as BitShift of an unsigned 1.
   requantize       saturate(rounding_shift(acc * M, s))
   requantize_sum   one rounding for sum_i term_i * M_i
   lookup           Gather from the int8 table at code - lo
@@ -18,6 +19,7 @@ Products stay below 2^62 (MAX_MULTIPLIER_BITS in numerics), so int64 Mul/Add nev
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +110,17 @@ class GraphBuilder:
         return Shift(self.const(divisor, f"{hint}.divisor"), self.const(half, f"{hint}.half"),
                      self.const(tie, f"{hint}.tie"))
 
+    def runtime_shift(self, shift: str, hint: str) -> Shift:
+        """The constants of a rounding shift by an int64 tensor `shift` (0 <= s < 63) that the graph computes."""
+        uint64 = self.onnx.TensorProto.UINT64
+        divisor = self.int64(self.op("BitShift", [self.const(1, f"{hint}.one", np.uint64),
+                                                  self.cast(shift, uint64, f"{hint}.unsigned")],
+                                     f"{hint}.power", direction="LEFT"), f"{hint}.divisor")
+        half = self.op("Div", [divisor, self.const(2)], f"{hint}.half")  # 1 // 2 = 0: nothing to round at s = 0
+        tie = self.op("Where", [self.op("Greater", [half, self.const(0)], f"{hint}.rounds"), half, self.const(-1)],
+                      f"{hint}.tie")
+        return Shift(divisor, half, tie)
+
     def floor_div(self, x: str, divisor: str, hint: str) -> str:
         exact = self.op("Sub", [x, self.op("Mod", [x, divisor], f"{hint}.rest", fmod=0)], f"{hint}.exact")
         return self.op("Div", [exact, divisor], hint)
@@ -162,3 +175,19 @@ class GraphBuilder:
     def to_int8(self, x: str, name: str) -> str:
         """int64 codes already saturated to the activation range -> int8, named `name`."""
         return self.cast(x, self.onnx.TensorProto.INT8, name)
+
+    # --- the finished model -----------------------------------------------------------------------
+    def model(self, name: str, inputs: list, outputs: list, metadata: dict[str, str]) -> Any:
+        """The checked ONNX model of these nodes, with `metadata` as its properties."""
+        helper = self.onnx.helper
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mpsearch")
+        helper.set_model_props(model, metadata)
+        self.onnx.checker.check_model(model)
+        return model
+
+
+def export_metadata(model: Any, part: str) -> dict[str, str]:
+    """The properties every graph carries: which export it came from, its part, the numerics, the blank."""
+    return {"mpsearch.architecture": model.header["architecture"], "mpsearch.part": part,
+            "mpsearch.numerics": json.dumps(model.numerics.to_dict()), "mpsearch.blank": "0"}

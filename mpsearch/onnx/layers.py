@@ -29,13 +29,14 @@ def bias(g: GraphBuilder, values: np.ndarray, name: str) -> str:
     return g.int64(g.const(values, f"{name}.bias", np.int32), f"{name}.bias64")
 
 
-def conv1d(g: GraphBuilder, model: IntegerModel, name: str, x8: str, left_pad: int = 0) -> str:
-    """Conv1d `name`: int8 (B, C_in, L) -> int8 (B, C_out, L_out) with ConvInteger; `left_pad` more zero
-    frames before the module's own padding (the causal front end's)."""
+def conv1d(g: GraphBuilder, model: IntegerModel, name: str, x8: str, left_pad: int = 0, right_pad: int = 0) -> str:
+    """Conv1d `name`: int8 (B, C_in, L) -> int8 (B, C_out, L_out) with ConvInteger; `left_pad` and
+    `right_pad` more zero frames around the module's own padding (the causal front end's, the Conformer's
+    depthwise window)."""
     a, n, info = model.arrays, model.numerics, model.modules[name]
     (stride,), (padding,), (dilation,) = info["stride"], info["padding"], info["dilation"]
-    if left_pad + padding:
-        pads = g.const([0, 0, left_pad + padding, 0, 0, padding], f"{name}.pads")
+    if left_pad + right_pad + padding:
+        pads = g.const([0, 0, left_pad + padding, 0, 0, right_pad + padding], f"{name}.pads")
         x8 = g.op("Pad", [x8, pads, g.const(0, f"{name}.pad_value", np.int8)], f"{name}.padded")
     weight = g.const(a[f"{name}.weight"], f"{name}.weight", np.int8)
     acc = g.int64(g.op("ConvInteger", [x8, weight], f"{name}.acc32", strides=[stride], dilations=[dilation],
@@ -45,6 +46,30 @@ def conv1d(g: GraphBuilder, model: IntegerModel, name: str, x8: str, left_pad: i
     out = g.requantize(acc, a[f"{name}.multiplier"][:, None], a[f"{name}.shift"][:, None], n.act_range,
                        f"{name}.requant")
     return g.to_int8(out, name)
+
+
+def conv_subsampling(g: GraphBuilder, model: IntegerModel, x8: str) -> str:
+    """int8 (B, T, n_mels) -> (B, ceil(T / 4), C) through frontend.conv1 and frontend.conv2, each after
+    kernel - 1 causal zero frames and followed by ReLU, as `IntegerModel.conv_subsampling`."""
+    x8 = g.op("Transpose", [x8], "channels_first", perm=[0, 2, 1])
+    for conv in ("frontend.conv1", "frontend.conv2"):
+        kernel = model.arrays[f"{conv}.weight"].shape[2]
+        x8 = relu(g, conv1d(g, model, conv, x8, left_pad=kernel - 1), f"{conv}.relu")
+    return g.op("Transpose", [x8], "frontend", perm=[0, 2, 1])
+
+
+def valid_frames(g: GraphBuilder, x: str, lens: str, axis: int, hint: str) -> str:
+    """bool (B, T): frame t of row b lies within lens[b], for T the size of `x` along `axis`."""
+    frames = g.op("Gather", [g.op("Shape", [x], f"{hint}.shape"), g.const(axis)], f"{hint}.frames")
+    steps = g.op("Range", [g.const(0), frames, g.const(1)], f"{hint}.index")
+    return g.op("Less", [g.op("Unsqueeze", [steps, g.const([0])], f"{hint}.row"),
+                         g.op("Unsqueeze", [lens, g.const([1])], f"{hint}.column")], hint)
+
+
+def zero_invalid(g: GraphBuilder, x8: str, valid: str, hint: str) -> str:
+    """int8 codes where `valid` (broadcasting) is set, 0 elsewhere: what a padded frame must hold before a
+    window reads it."""
+    return g.op("Where", [valid, x8, g.const(0, "zero8", np.int8)], hint)
 
 
 def relu(g: GraphBuilder, x8: str, hint: str) -> str:

@@ -1,16 +1,21 @@
 """The reference executor's codes module by module, for one utterance, laid out as the ONNX graphs lay
-out theirs (batch dimension dropped): Conv1d outputs channels first (C, L), everything else (rows, C).
+out theirs (batch dimension dropped): Conv1d outputs channels first (C, L), attention's per head
+(H, T, ...), everything else (rows, C).
 
 Only the executor's own methods compute here (`conv1d`, `linear`, `lstm_step`, `embedding`, `add`,
-`lookup`); this module only records their outputs in between, where `RNNTExecutor.encode` and
-`predictor_step` pass them on without keeping them.
+`lookup`, and the Conformer's kernels); this module only records their outputs in between, where
+`RNNTExecutor.encode`, `predictor_step` and `ConformerExecutor.ctc_logits` pass them on without keeping
+them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.quant.nna.executor import SUBSAMPLING, RNNTExecutor
+from mpsearch.quant.nna.executor import SUBSAMPLING, ConformerExecutor, RNNTExecutor
+
+# The executor methods that take a module's name first and return its codes.
+MODULE_METHODS = ("conv1d", "linear", "layer_norm", "lookup", "add", "matmul", "softmax", "rotary", "glu")
 
 
 def _lstm(executor: RNNTExecutor, name: str, x: np.ndarray, taps: dict[str, np.ndarray]) -> np.ndarray:
@@ -60,4 +65,26 @@ def joiner_taps(executor: RNNTExecutor, enc: np.ndarray, pred: np.ndarray) -> di
     taps = {"joiner.add": executor.add("joiner.add", enc, pred)}
     taps["joiner.activation"] = executor.lookup("joiner.activation", taps["joiner.add"])
     taps["joiner.out"] = executor.linear("joiner.out", taps["joiner.activation"])
+    return taps
+
+
+def conformer_taps(executor: ConformerExecutor, feat_codes: np.ndarray) -> dict[str, np.ndarray]:
+    """int8 feature codes (T, n_mels) -> every module's codes as `ctc_logits` computes them; "ctc_head" is
+    its output. Each module method of the executor is wrapped, for this call only, to record what it
+    returns under the module's name (a GLU's own table lookup is recorded first, then its output)."""
+    taps: dict[str, np.ndarray] = {}
+
+    def recording(method):
+        def record(name: str, *args, **kwargs) -> np.ndarray:
+            taps[name] = method(name, *args, **kwargs)
+            return taps[name]
+        return record
+
+    for method in MODULE_METHODS:
+        setattr(executor, method, recording(getattr(executor, method)))
+    try:
+        executor.ctc_logits(feat_codes)
+    finally:
+        for method in MODULE_METHODS:
+            delattr(executor, method)
     return taps

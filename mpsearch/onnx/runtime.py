@@ -1,9 +1,14 @@
-"""OnnxTransducer: the three RNN-T graphs in onnxruntime, and greedy decoding around them in numpy.
+"""The ONNX graphs in onnxruntime, and greedy decoding around them in numpy.
 
-The search mirrors `TransducerDecoding.transducer_greedy` of the reference executor: per encoder frame,
-emit the joiner's argmax (first of equal codes) until blank or `max_symbols_per_frame` labels, feeding
-each label to the prediction network, whose state starts at zeros with blank as the first label.
-Asked for taps, it returns the int8 codes of the modules too (the values the graphs name after them),
+OnnxCTC runs the Conformer's CTC graph; its best path mirrors `ConformerExecutor.greedy_decode`: the
+argmax per frame (first of equal codes), repeats collapsed, blanks dropped.
+
+OnnxTransducer runs the three RNN-T graphs; its search mirrors `TransducerDecoding.transducer_greedy` of
+the reference executor: per encoder frame, emit the joiner's argmax (first of equal codes) until blank or
+`max_symbols_per_frame` labels, feeding each label to the prediction network, whose state starts at
+zeros with blank as the first label.
+
+Asked for taps, either returns the int8 codes of the modules too (the values the graphs name after them),
 so a check can compare them layer by layer.
 """
 
@@ -16,6 +21,7 @@ import numpy as np
 
 from mpsearch.onnx.deps import OnnxError, require_onnx, require_onnxruntime
 from mpsearch.onnx.export import onnx_paths
+from mpsearch.quant.nna.executor import SUBSAMPLING
 
 BLANK = 0
 
@@ -39,9 +45,9 @@ def tap_names(modules: dict[str, dict[str, Any]]) -> set[str]:
     return names
 
 
-class OnnxTransducer:
-    """Sessions over `<stem>.encoder.onnx`, `.predictor.onnx` and `.joiner.onnx` written for the integer
-    export `npz`. `taps`: names of module outputs to return too (see `tap_names`), where a graph has them."""
+class OnnxGraphs:
+    """Sessions over the graphs written for the integer export `npz`, one per part, with their metadata.
+    `taps`: names of module outputs to return too (see `tap_names`), where a graph has them."""
 
     def __init__(self, npz: str | Path, taps: set[str] | None = None, threads: int = 1) -> None:
         onnx, ort = require_onnx(), require_onnxruntime()
@@ -55,12 +61,10 @@ class OnnxTransducer:
         options.inter_op_num_threads = 1
         self.sessions: dict[str, Any] = {}
         self.taps: dict[str, list[str]] = {}
+        self.metadata: dict[str, dict[str, str]] = {}
         for part, path in paths.items():
-            model = onnx.load(str(path))
-            model, self.taps[part] = _with_taps(model, taps or set())
-            metadata = {p.key: p.value for p in model.metadata_props}
-            if part == "predictor":
-                self.layers, self.hidden = int(metadata["mpsearch.layers"]), int(metadata["mpsearch.hidden"])
+            model, self.taps[part] = _with_taps(onnx.load(str(path)), taps or set())
+            self.metadata[part] = {p.key: p.value for p in model.metadata_props}
             self.sessions[part] = ort.InferenceSession(model.SerializeToString(), options,
                                                        providers=["CPUExecutionProvider"])
 
@@ -68,6 +72,18 @@ class OnnxTransducer:
         names = self.taps[part] if taps else []
         values = self.sessions[part].run(outputs + names, feeds)
         return values[: len(outputs)], dict(zip(names, values[len(outputs):]))
+
+
+class OnnxTransducer(OnnxGraphs):
+    """Sessions over `<stem>.encoder.onnx`, `.predictor.onnx` and `.joiner.onnx` written for the integer
+    export `npz` of an RNN-T."""
+
+    def __init__(self, npz: str | Path, taps: set[str] | None = None, threads: int = 1) -> None:
+        super().__init__(npz, taps, threads)
+        if set(self.sessions) != {"encoder", "predictor", "joiner"}:
+            raise OnnxError(f"{npz} has the graphs {sorted(self.sessions)}; OnnxTransducer runs an RNN-T's.")
+        metadata = self.metadata["predictor"]
+        self.layers, self.hidden = int(metadata["mpsearch.layers"]), int(metadata["mpsearch.hidden"])
 
     def encode(self, feat_codes: np.ndarray, feat_lens: np.ndarray, taps: bool = False,
                ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -108,3 +124,36 @@ class OnnxTransducer:
                 labels.append(label)
                 pred, state, _ = self.predict(np.array([[label]]), state)
         return labels
+
+
+def ctc_best_path(logits: np.ndarray, blank: int = BLANK) -> list[int]:
+    """Greedy CTC labels of one utterance's logit codes (T, V): argmax per frame (first of equal codes),
+    repeats collapsed, blanks dropped."""
+    best = np.argmax(logits, axis=-1)
+    return [int(label) for t, label in enumerate(best) if label != blank and (t == 0 or label != best[t - 1])]
+
+
+class OnnxCTC(OnnxGraphs):
+    """A session over `<stem>.ctc.onnx` written for the integer export `npz` of a Conformer with a CTC head."""
+
+    def __init__(self, npz: str | Path, taps: set[str] | None = None, threads: int = 1) -> None:
+        super().__init__(npz, taps, threads)
+        if set(self.sessions) != {"ctc"}:
+            raise OnnxError(f"{npz} has the graphs {sorted(self.sessions)}; OnnxCTC runs a Conformer CTC graph.")
+        self.max_frames = int(self.metadata["ctc"]["mpsearch.max_frames"])
+
+    def logits(self, feat_codes: np.ndarray, feat_lens: np.ndarray, taps: bool = False,
+               ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """int8 feature codes (B, T, n_mels) and lengths -> logit codes (B, ceil(T / 4), V), their lengths,
+        the taps."""
+        frames = -(-feat_codes.shape[1] // SUBSAMPLING)
+        if frames > self.max_frames:
+            raise OnnxError(f"{feat_codes.shape[1]} feature frames make {frames} encoder frames; the graph's rotary "
+                            f"tables cover {self.max_frames}. Split the audio or export with a larger max_frames.")
+        feeds = {"feats": feat_codes.astype(np.int8), "feat_lens": np.asarray(feat_lens, np.int64)}
+        (logits, lens), tapped = self._run("ctc", feeds, ["logits", "logit_lens"], taps)
+        return logits, lens, tapped
+
+    def greedy(self, logits: np.ndarray, blank: int = BLANK) -> list[int]:
+        """Greedy CTC decoding of one utterance's int8 logit codes (T, V) -> labels (no blanks)."""
+        return ctc_best_path(logits, blank)

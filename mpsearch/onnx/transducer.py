@@ -14,46 +14,28 @@ scale in the encoder's metadata (`mpsearch.input_scale`), as `RNNTExecutor.quant
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
 from mpsearch.onnx import layers
 from mpsearch.onnx.deps import OnnxError
-from mpsearch.onnx.graph import OPSET, GraphBuilder
+from mpsearch.onnx.graph import GraphBuilder, export_metadata
 from mpsearch.onnx.lstm import lstm
 from mpsearch.quant.nna.executor import SUBSAMPLING, IntegerModel
 
 GRAPHS = ("encoder", "predictor", "joiner")
 
 
-def _model(g: GraphBuilder, name: str, inputs: list, outputs: list, metadata: dict[str, str]) -> Any:
-    helper = g.onnx.helper
-    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mpsearch")
-    helper.set_model_props(model, metadata)
-    g.onnx.checker.check_model(model)
-    return model
-
-
 def _mask_padding(g: GraphBuilder, feats: str, feat_lens: str) -> str:
-    frames = g.op("Gather", [g.op("Shape", [feats], "feats.shape"), g.const(1)], "frames")
-    steps = g.op("Range", [g.const(0), frames, g.const(1)], "frame_index")
-    valid = g.op("Less", [g.op("Unsqueeze", [steps, g.const([0])], "frame_row"),
-                          g.op("Unsqueeze", [feat_lens, g.const([1])], "length_column")], "valid")
-    valid = g.op("Unsqueeze", [valid, g.const([2])], "valid3")
-    return g.op("Where", [valid, feats, g.const(0, "zero8", np.int8)], "feats_masked")
+    valid = g.op("Unsqueeze", [layers.valid_frames(g, feats, feat_lens, 1, "valid"), g.const([2])], "valid3")
+    return layers.zero_invalid(g, feats, valid, "feats_masked")
 
 
 def _frontend(g: GraphBuilder, model: IntegerModel, x8: str) -> str:
     """int8 (B, T, n_mels) -> (B, ceil(T / 4), frontend_dim), as `RNNTExecutor.frontend`."""
     if model.config.get("subsampling", "conv") == "conv":
-        x8 = g.op("Transpose", [x8], "channels_first", perm=[0, 2, 1])
-        for conv in ("frontend.conv1", "frontend.conv2"):
-            kernel = model.arrays[f"{conv}.weight"].shape[2]
-            x8 = layers.relu(g, layers.conv1d(g, model, conv, x8, left_pad=kernel - 1), f"{conv}.relu")
-        return g.op("Transpose", [x8], "frontend", perm=[0, 2, 1])
+        return layers.conv_subsampling(g, model, x8)
     n_mels = model.arrays["frontend.linear.weight"].shape[1] // SUBSAMPLING
     frames = g.op("Gather", [g.op("Shape", [x8], "stack.shape"), g.const([1])], "stack.frames")
     missing = g.op("Mod", [g.op("Sub", [g.const([SUBSAMPLING]), g.op("Mod", [frames, g.const([SUBSAMPLING])],
@@ -76,12 +58,12 @@ def encoder_graph(model: IntegerModel) -> Any:
     g.op("Div", [g.op("Add", ["feat_lens", g.const(SUBSAMPLING - 1)], "padded_lens"), g.const(SUBSAMPLING)],
          "enc_lens")
     first = "frontend.conv1" if cfg.get("subsampling", "conv") == "conv" else "frontend.linear"
-    return _model(g, "rnnt_encoder",
+    return g.model("rnnt_encoder",
                   [helper.make_tensor_value_info("feats", tp.INT8, ["batch", "frames", cfg["n_mels"]]),
                    helper.make_tensor_value_info("feat_lens", tp.INT64, ["batch"])],
                   [helper.make_tensor_value_info("enc", tp.INT8, ["batch", "enc_frames", cfg["joint_dim"]]),
                    helper.make_tensor_value_info("enc_lens", tp.INT64, ["batch"])],
-                  {**_metadata(model, "encoder"), "mpsearch.input_scale": repr(model.modules[first]["in_scales"][0])})
+                  {**export_metadata(model, "encoder"), "mpsearch.input_scale": repr(model.modules[first]["in_scales"][0])})
 
 
 def predictor_graph(model: IntegerModel) -> Any:
@@ -97,14 +79,14 @@ def predictor_graph(model: IntegerModel) -> Any:
         stacked = [g.op("Unsqueeze", [s, g.const([0])], f"{out}.layer") for s in states]
         g.op("Concat", stacked, out, axis=0)
     state = ["layers", "batch", hidden]
-    return _model(g, "rnnt_predictor",
+    return g.model("rnnt_predictor",
                   [helper.make_tensor_value_info("tokens", tp.INT64, ["batch", "labels"]),
                    helper.make_tensor_value_info("h", tp.INT8, state),
                    helper.make_tensor_value_info("c", tp.INT16, state)],
                   [helper.make_tensor_value_info("pred", tp.INT8, ["batch", "labels", cfg["joint_dim"]]),
                    helper.make_tensor_value_info("h_out", tp.INT8, state),
                    helper.make_tensor_value_info("c_out", tp.INT16, state)],
-                  {**_metadata(model, "predictor"), "mpsearch.layers": str(layers_),
+                  {**export_metadata(model, "predictor"), "mpsearch.layers": str(layers_),
                    "mpsearch.hidden": str(hidden)})
 
 
@@ -115,16 +97,11 @@ def joiner_graph(model: IntegerModel) -> Any:
     g.reserve("enc", "pred")
     x8 = layers.lookup(g, model, "joiner.activation", layers.add(g, model, "joiner.add", "enc", "pred"))
     g.op("Identity", [layers.linear(g, model, "joiner.out", x8)], "logits")
-    return _model(g, "rnnt_joiner",
+    return g.model("rnnt_joiner",
                   [helper.make_tensor_value_info("enc", tp.INT8, ["rows", joint]),
                    helper.make_tensor_value_info("pred", tp.INT8, ["rows", joint])],
                   [helper.make_tensor_value_info("logits", tp.INT8, ["rows", vocab])],
-                  _metadata(model, "joiner"))
-
-
-def _metadata(model: IntegerModel, part: str) -> dict[str, str]:
-    return {"mpsearch.architecture": model.header["architecture"], "mpsearch.part": part,
-            "mpsearch.numerics": json.dumps(model.numerics.to_dict()), "mpsearch.blank": "0"}
+                  export_metadata(model, "joiner"))
 
 
 BUILDERS = {"encoder": encoder_graph, "predictor": predictor_graph, "joiner": joiner_graph}
