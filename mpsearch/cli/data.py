@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from pathlib import Path
 
@@ -36,13 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help())
     commands = parser.add_subparsers(title="data commands")
 
-    synth = commands.add_parser(
-        "synth",
-        help="synthesize the built-in spoken-command corpus",
-        description="Speak generated voice-assistant commands with espeak-ng voices and add noise; "
-        "write 16 kHz WAVs and train/dev/test manifests. Re-running reuses a finished corpus and "
-        "resumes an interrupted one; the same seed gives identical files.",
-    )
+    synth = _command(commands, "synth", _synth)
     synth.add_argument("--out", required=True, type=Path, metavar="DIR", help="corpus folder to create")
     synth.add_argument("--utterances", type=_positive, default=4000, metavar="N",
                        help="total over train/dev/test, split 80/10/10 (default 4000)")
@@ -51,29 +46,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="train/dev speakers: 14 voices, or 25 for better unseen-voice WER (default standard)")
     synth.add_argument("--workers", type=_positive, default=None, metavar="K",
                        help="parallel processes (default: one per CPU); results do not depend on it")
-    synth.set_defaults(func=_synth)
 
-    libri = commands.add_parser(
-        "librispeech",
-        help="write a manifest for a LibriSpeech folder",
-        description="Find every <speaker>/<chapter>/*.trans.txt under PATH and write one manifest line "
-        "per utterance, transcript lower-cased, speaker from the folder name.",
-    )
+    libri = _command(commands, "librispeech", _librispeech)
     libri.add_argument("path", type=Path, metavar="PATH", help="folder to search, e.g. LibriSpeech/dev-clean")
     libri.add_argument("--out", required=True, type=Path, metavar="FILE.jsonl", help="manifest to write")
-    libri.set_defaults(func=_librispeech)
 
-    check = commands.add_parser(
-        "check",
-        help="list a manifest's problems; exit 1 on errors",
-        description="Check every line of a manifest and print FILE:LINE: problems. Exit 1 if any is an "
-        "error; warnings (audio that will be resampled or averaged) alone exit 0.",
-    )
+    check = _command(commands, "check", _check)
     check.add_argument("manifest", type=Path, metavar="FILE.jsonl", help="manifest to check")
-    check.set_defaults(func=_check)
+
+
+def _command(commands: argparse._SubParsersAction, name: str, func) -> argparse.ArgumentParser:
+    # A command's help line and description are its handler's docstring, so the two cannot drift apart.
+    help_line, _, description = inspect.getdoc(func).partition("\n\n")
+    parser = commands.add_parser(name, help=help_line, description=" ".join(description.split()))
+    parser.set_defaults(func=func)
+    return parser
 
 
 def _synth(args: argparse.Namespace) -> int:
+    """synthesize the built-in spoken-command corpus
+
+    Speak generated voice-assistant commands with espeak-ng voices and add noise; write 16 kHz WAVs and
+    train/dev/test manifests. Re-running reuses a finished corpus and resumes an interrupted one; the same
+    seed gives identical files.
+    """
     from mpsearch.data.synth import split_sizes, synthesize_corpus
 
     start = time.perf_counter()
@@ -87,6 +83,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _librispeech(args: argparse.Namespace) -> int:
+    """write a manifest for a LibriSpeech folder
+
+    Find every <speaker>/<chapter>/*.trans.txt under PATH and write one manifest line per utterance,
+    transcript lower-cased, speaker from the folder name.
+    """
     from mpsearch.data.librispeech import librispeech_to_manifest
 
     count = librispeech_to_manifest(args.path, args.out)
@@ -95,6 +96,11 @@ def _librispeech(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """list a manifest's problems; exit 1 on errors
+
+    Check every line of a manifest and print FILE:LINE: problems. Exit 1 if any is an error; warnings (audio
+    that will be resampled or averaged) alone exit 0.
+    """
     from mpsearch.data.manifest import check_manifest
 
     problems = check_manifest(args.manifest)
