@@ -1,6 +1,8 @@
 """Tiny random Hugging Face speech models (built from a config, nothing downloaded) through find_sites and
 apply: every weight a site, weight norm folded, foreign activations replaced, gradients to every weight."""
 
+import copy
+
 import pytest
 import torch
 
@@ -69,12 +71,36 @@ def test_hf_ctc_models_quantize_every_weight_and_fine_tune(make):
             assert grad is not None and grad.abs().sum() > 0, f"{name}.{param}"
 
 
-def wav2vec2_conformer_without_relative_positions():
-    config = transformers.Wav2Vec2ConformerConfig(**TINY, conv_depthwise_kernel_size=3, position_embeddings_type=None)
-    return transformers.Wav2Vec2ConformerForCTC(config)
+def conformer_with(position_embeddings_type, **config):
+    def make():
+        config_ = transformers.Wav2Vec2ConformerConfig(**TINY, conv_depthwise_kernel_size=3,
+                                                       position_embeddings_type=position_embeddings_type, **config)
+        return transformers.Wav2Vec2ConformerForCTC(config_)
+    make.__name__ = f"wav2vec2_conformer_{position_embeddings_type}"
+    return make
 
 
-@pytest.mark.parametrize("make", [wav2vec2, wav2vec2_conformer_without_relative_positions])
+@pytest.mark.parametrize("make", [conformer_with("relative"), conformer_with("rotary", rotary_embedding_base=500)])
+def test_the_rewritten_conformer_position_attention_computes_what_hugging_face_does(make):
+    from mpsearch.quant.nna.rewrites import rewrite_inline_arithmetic
+
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "pos_bias" in name:
+                param.normal_()  # Hugging Face starts them at 0, which would hide a misplaced bias
+    rewritten = copy.deepcopy(model)
+    rewrite_inline_arithmetic(rewritten)
+    audio = ctc_batch()[0]
+    padded = torch.ones(audio.shape, dtype=torch.long)
+    padded[1, 600:] = 0
+    with torch.no_grad():
+        for kwargs in ({}, {"attention_mask": padded}):
+            assert torch.allclose(rewritten(audio, **kwargs).logits, model(audio, **kwargs).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [wav2vec2, wav2vec2_conformer, conformer_with("rotary"), conformer_with(None)])
 def test_hf_ctc_models_run_on_the_nna_integers_and_fine_tune(make):
     from mpsearch.quant.apply import nna_preflight
     from mpsearch.quant.nna import calibrate_nna, checking_grid
@@ -83,7 +109,8 @@ def test_hf_ctc_models_run_on_the_nna_integers_and_fine_tune(make):
     model = make().eval()
     policy = Policy.uniform(QuantConfig(weight_bits=8, act_bits=8))
     audio, labels = ctc_batch()
-    # Group norm, the frame trim, residual adds, attention and the Conformer's batch norm all run on the chip.
+    # Group norm, the frame trim, residual adds, attention with relative or rotary positions and the
+    # Conformer's batch norm all run on the chip.
     assert nna_preflight(model, policy, (audio,)) == []
     q = apply(model, policy, emulation="nna")
     calibrate_nna(q, [(audio,), (ctc_batch(1)[0],)])
@@ -97,16 +124,13 @@ def test_hf_ctc_models_run_on_the_nna_integers_and_fine_tune(make):
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-def test_the_nna_preflight_names_the_conformer_attention_it_cannot_run():
+def test_the_nna_preflight_names_what_it_cannot_run_with_what_to_do():
     from mpsearch.quant.apply import nna_preflight
 
-    blockers = nna_preflight(wav2vec2_conformer().eval(), Policy.uniform(QuantConfig(weight_bits=8, act_bits=8)),
-                             (ctc_batch()[0],))
-    where = {(b.module.rpartition("encoder.")[2], b.kind) for b in blockers}
-    # Relative position attention stays float arithmetic; the preflight names it, with what to do, at once.
-    assert {("layers.0.self_attn", "Wav2Vec2ConformerSelfAttention"),
-            ("layers.1.self_attn", "Wav2Vec2ConformerSelfAttention"),
-            ("embed_positions", "Wav2Vec2ConformerRelPositionalEmbedding")} <= where
-    attention = next(b for b in blockers if b.kind == "Wav2Vec2ConformerSelfAttention")
-    assert "position_embeddings_type=None" in attention.fix
-    assert not any(b.kind in ("GroupNorm", "BatchNorm1d", "Wav2Vec2ConformerSamePadLayer") for b in blockers)
+    config = transformers.Wav2Vec2Config(**TINY, do_stable_layer_norm=True, adapter_attn_dim=8)
+    blockers = nna_preflight(transformers.Wav2Vec2ForCTC(config).eval(),
+                             Policy.uniform(QuantConfig(weight_bits=8, act_bits=8)), (ctc_batch()[0],))
+    adapters = [b for b in blockers if b.kind == "Wav2Vec2EncoderLayerStableLayerNorm"]
+    assert [b.module for b in adapters] == ["wav2vec2.encoder.layers.0", "wav2vec2.encoder.layers.1"]
+    assert "attention adapter" in adapters[0].why and "adapter_attn_dim" in adapters[0].fix
+    assert not any(b.kind in ("GroupNorm", "Wav2Vec2SamePadLayer") for b in blockers)

@@ -10,6 +10,7 @@ from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.nna.base import NNAModule
 from mpsearch.quant.nna.errors import NNAError
 from mpsearch.quant.nna.gru import NNAGRU
+from mpsearch.quant.nna.hf_positions import HOST_TABLES
 from mpsearch.quant.nna.layers import NNAConv1d, NNAEmbedding, NNALinear, NNAWeighted
 from mpsearch.quant.nna.lstm import NNALSTM
 from mpsearch.quant.nna.norm import NNAGroupNorm
@@ -124,6 +125,8 @@ def _replacement(name: str, module: nn.Module, per_module: Mapping[str, Mapping[
         return NNA_NAMED_OPS[op_name].from_op(module, numerics)
     if type(module).__name__.endswith("SamePadLayer"):
         return None  # trims frames: a slice, which calibration checks like any other
+    if type(module).__name__ in HOST_TABLES:
+        return None  # a table of the input's length alone, made on the host
     if not list(module.children()) and not isinstance(module, PASSIVE):
         raise NNAError(f"Module '{name or '<root>'}' ({type(module).__name__}) has no NNA integer version; "
                        f"supported: {supported_names()}.")

@@ -5,8 +5,8 @@ Hugging Face's Wav2Vec2 and Wav2Vec2-Conformer encoders (and their attention) ar
 so nothing here imports transformers until such a model is converted. A rewritten module keeps its
 children, names and parameters; it gains op children (`ResidualAdd`, the split attention's
 `ScaledMatMul` and `MaskedSoftmax`, `FrameMask`) and a forward that computes the same function through
-them. What cannot be rewritten faithfully (relative or rotary position attention, adapters) is reported
-as a blocker, with what to do.
+them; the Conformer's relative and rotary position attention is written with NNA ops in `hf_positions`.
+What cannot be rewritten faithfully (adapters, causal attention) is reported as a blocker, with what to do.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from mpsearch.quant.attention import MaskedSoftmax, ScaledMatMul
 from mpsearch.quant.nna.errors import NNAError
+from mpsearch.quant.nna.hf_positions import position_ops, relative_scores, rotate_half
 
 
 class ResidualAdd(nn.Module):
@@ -58,7 +59,12 @@ def keep_mask(mask: Tensor | None) -> Tensor | None:
 def _attend(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """softmax(q k^T / sqrt(d)) v through the module's op children, (B, H, T, d) -> (B, T, H * d), and the
     attention weights."""
-    weights = module.softmax(module.scores(q, k.transpose(2, 3)), keep_mask(mask))
+    return _weigh(module, module.scores(q, k.transpose(2, 3)), v, mask)
+
+
+def _weigh(module: nn.Module, scores: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """softmax(scores) v through the module's op children, as (B, T, H * d), and the attention weights."""
+    weights = module.softmax(scores, keep_mask(mask))
     out = module.context(weights, v).transpose(1, 2)
     return out.reshape(*out.shape[:2], -1), weights
 
@@ -78,9 +84,15 @@ def _hf_attention_forward(self, hidden_states, key_value_states=None, attention_
 
 def _conformer_attention_forward(self, hidden_states, attention_mask=None, relative_position_embeddings=None,
                                  **kwargs):
-    q, k, v = (_heads(linear(hidden_states), self.head_size) for linear in (self.linear_q, self.linear_k,
-                                                                           self.linear_v))
-    return self.linear_out(_attend(self, q, k, v, attention_mask)[0]), None
+    kind = getattr(self, "position_embeddings_type", None)
+    # Hugging Face rotates the projections' input, not the queries and keys.
+    rotated = rotate_half(self, hidden_states) if kind == "rotary" else hidden_states
+    q, k = self.linear_q(rotated), _heads(self.linear_k(rotated), self.head_size)
+    v = _heads(self.linear_v(hidden_states), self.head_size)
+    if kind == "relative":
+        scores = relative_scores(self, q, k, relative_position_embeddings)
+        return self.linear_out(_weigh(self, scores, v, attention_mask)[0]), None
+    return self.linear_out(_attend(self, _heads(q, self.head_size), k, v, attention_mask)[0]), None
 
 
 def _post_norm_layer_forward(self, hidden_states, attention_mask=None, **kwargs):
@@ -124,7 +136,7 @@ def _encoder_forward(self, hidden_states, attention_mask=None, **kwargs):
         hidden_states = self.layer_norm(hidden_states)
     hidden_states = self.dropout(hidden_states)
     if getattr(self, "embed_positions", None) is not None:
-        # Relative or rotary positions: their attention is reported as a blocker where it is.
+        # The relative table (the rotary one goes unused: the rotary op makes its own).
         kwargs["relative_position_embeddings"] = self.embed_positions(hidden_states)
     for layer in self.layers:
         if self.training and self.config.layerdrop > 0.0 and torch.rand([]) < self.config.layerdrop:
@@ -142,12 +154,7 @@ def _attention_ops(module: nn.Module, head_dim: int) -> dict[str, nn.Module]:
 
 
 def _conformer_attention_ops(module: nn.Module) -> dict[str, nn.Module]:
-    kind = getattr(module, "position_embeddings_type", None)
-    if kind is not None:
-        raise NNAError(f"Its {kind} position attention is float arithmetic with no NNA version; build the "
-                       "model with position_embeddings_type=None (positions then come from the input), or "
-                       "use mpsearch.models' Conformer with rotary positions.")
-    return _attention_ops(module, module.head_size)
+    return {**_attention_ops(module, module.head_size), **position_ops(module)}
 
 
 def _stable_layer_ops(module: nn.Module) -> dict[str, nn.Module]:
