@@ -378,10 +378,8 @@ class Study:
 
             cfg = self.cfg.search
             model = copy.deepcopy(self.baseline()[0])
-            shared = None
-            if mode == "oneshot":
-                shared = copy.deepcopy(model)
-                shared.load_state_dict(self.shared_weights())
+            if mode == "oneshot":  # its trials start from the shared weights alone: one copy of the model
+                model.load_state_dict(self.shared_weights())
             if self.user is not None:
                 calibration, evaluate = self.user.calibration_batches(cfg.calibration_batches), self.user.scores
             else:
@@ -395,5 +393,5 @@ class Study:
             self.__dict__[f"_runner_{mode}"] = TrialRunner(
                 model, cfg, self.cfg.hardware.profile, self.sites(), self.latency_model(),
                 lambda trained, augment: self.task(trained, augment=augment), calibration, evaluate,
-                baseline=scored_on, shared_model=shared)
+                baseline=scored_on, shared_model=model if mode == "oneshot" else None)
         return self.__dict__[f"_runner_{mode}"]
