@@ -36,6 +36,14 @@ def _inputs(lstm, batch=3, steps=6, seed=1):
     return x, (h0, c0)
 
 
+def _float_quant_lstm(kwargs, path):
+    """An LSTM, its QuantLSTM with no quantized weight running on `path`, and inputs for both."""
+    lstm = _lstm(**kwargs)
+    quant = QuantLSTM.from_float(lstm, {})
+    quant.recurrent_path = path
+    return (lstm, quant, *_inputs(lstm))
+
+
 def _assert_same(a, b, atol=1e-5):
     (out_a, (h_a, c_a)), (out_b, (h_b, c_b)) = a, b
     if isinstance(out_a, nn.utils.rnn.PackedSequence):
@@ -49,10 +57,7 @@ def _assert_same(a, b, atol=1e-5):
 @pytest.mark.parametrize("kwargs", LSTM_VARIANTS, ids=str)
 @pytest.mark.parametrize("path", ["fused", "unrolled"])
 def test_float_quant_lstm_equals_nn_lstm(kwargs, path):
-    lstm = _lstm(**kwargs)
-    quant = QuantLSTM.from_float(lstm, {})
-    quant.recurrent_path = path
-    x, state = _inputs(lstm)
+    lstm, quant, x, state = _float_quant_lstm(kwargs, path)
     _assert_same(quant(x, state), lstm(x, state))
     _assert_same(quant(x), lstm(x))
     unbatched = x[:, 0] if not lstm.batch_first else x[0]
@@ -64,10 +69,7 @@ def test_float_quant_lstm_equals_nn_lstm(kwargs, path):
 @pytest.mark.parametrize("kwargs", LSTM_VARIANTS, ids=str)
 @pytest.mark.parametrize("path", ["fused", "unrolled"])
 def test_packed_sequences(kwargs, path):
-    lstm = _lstm(**kwargs)
-    quant = QuantLSTM.from_float(lstm, {})
-    quant.recurrent_path = path
-    x, state = _inputs(lstm)
+    lstm, quant, x, state = _float_quant_lstm(kwargs, path)
     packed = pack_padded_sequence(x, torch.tensor([4, 6, 2]), batch_first=lstm.batch_first, enforce_sorted=False)
     _assert_same(quant(packed, state), lstm(packed, state))
 

@@ -13,6 +13,10 @@ from mpsearch.quant.quantizers import make_activation_quantizer, make_weight_qua
 from mpsearch.quant.rounding import RoundHalfAway, RoundHalfEven, RoundHalfUp
 from mpsearch.quant.weight_quantizers import LsqQuantizer, UniformQuantizer
 
+# A row of weights, a bit width and a grid symmetry: the cases the uniform scale properties run over.
+ROWS_BITS_SYMMETRIC = given(st.lists(st.floats(-10.0, 10.0, allow_nan=False, width=32), min_size=2, max_size=64),
+                            st.integers(2, 8), st.booleans())
+
 
 def test_registries():
     assert QUANTIZERS.get("uniform") is UniformQuantizer and QUANTIZERS.get("lsq") is LsqQuantizer
@@ -69,8 +73,7 @@ def test_half_away_matches_python_decimal_rounding(values):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(-10.0, 10.0, allow_nan=False, width=32), min_size=2, max_size=64),
-       st.integers(2, 8), st.booleans())
+@ROWS_BITS_SYMMETRIC
 def test_uniform_error_is_at_most_half_a_step(values, bits, symmetric):
     w = torch.tensor(values).reshape(1, -1)
     q = UniformQuantizer(bits, symmetric=symmetric, per_channel=True, scale="maxabs")
@@ -80,8 +83,7 @@ def test_uniform_error_is_at_most_half_a_step(values, bits, symmetric):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(-10.0, 10.0, allow_nan=False, width=32), min_size=2, max_size=64),
-       st.integers(2, 8), st.booleans())
+@ROWS_BITS_SYMMETRIC
 def test_mse_scale_never_does_worse_than_max_abs(values, bits, symmetric):
     w = torch.tensor(values).reshape(1, -1)
     mse = UniformQuantizer(bits, symmetric=symmetric, per_channel=True, scale="mse")

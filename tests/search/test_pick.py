@@ -5,13 +5,7 @@ from mpsearch.config import StudyConfig
 from mpsearch.errors import MpsearchError
 from mpsearch.quant import Policy, QuantConfig
 from mpsearch.search.pareto import FrontTable
-from mpsearch.search.pick import (
-    by_number,
-    fastest_within_wer,
-    knee,
-    lowest_wer_within_latency,
-    pick_trial,
-)
+from mpsearch.search.pick import by_number, fastest_within_wer, knee, lowest_wer_within_latency, pick_trial
 from mpsearch.search.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
