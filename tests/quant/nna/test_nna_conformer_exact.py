@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from nna_cases import CONFORMER_MIXED_4_6_8 as MIXED_4_6_8
+from nna_cases import UNIFORM_8, codes, emulate, emulated_and_executor
 from torch import nn
 
 from mpsearch.models.ops import Add, Mask, MatMul, Rotary, Softmax
-from mpsearch.quant import Policy, QuantConfig, apply, find_sites, quantized_sites
-from mpsearch.quant.nna import NNAError, NNANumerics, calibrate_nna, checking_grid, export_int
+from mpsearch.quant import apply, find_sites
+from mpsearch.quant.nna import NNAError, NNANumerics, checking_grid, export_int
 from mpsearch.quant.nna.executor import ConformerExecutor
 from mpsearch.quant.nna.layers import NNAConv1d, NNALinear
 from mpsearch.quant.nna.ops import NNAAdd, NNASiLU
@@ -22,31 +24,6 @@ from mpsearch.quant.nna.transformer import (
     NNASoftmax,
 )
 
-UNIFORM_8 = Policy.uniform(QuantConfig(weight_bits=8))
-MIXED_4_6_8 = Policy({
-    "_default": QuantConfig(weight_bits=8),
-    r"re:encoder\.blocks\.\d+\.ff[12]\..*": QuantConfig(weight_bits=4),
-    r"re:encoder\.blocks\.\d+\.attn\..*": QuantConfig(weight_bits=6, method="lsq"),
-    r"re:frontend\..*": QuantConfig(weight_bits=6, granularity="per_tensor"),
-})
-
-
-def _emulated(model, speech, policy, numerics=None):
-    emulated = apply(model, policy, emulation="nna", numerics=numerics)
-    calibrate_nna(emulated, [speech.calibration])
-    return emulated
-
-
-def _codes(x: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
-    return torch.round(x.detach().double() / scale.double()).to(torch.int64).numpy()
-
-
-def _exported(emulated, tmp_path) -> ConformerExecutor:
-    expected_bits = {name: q.bits for name, q in quantized_sites(emulated).items()}
-    header = export_int(emulated, tmp_path / "conformer.npz")
-    assert {name: site["bits"] for name, site in header["sites"].items()} == expected_bits
-    return ConformerExecutor(tmp_path / "conformer.npz")
-
 
 @pytest.mark.parametrize("policy, numerics, overrides", [
     (UNIFORM_8, None, {}),
@@ -55,17 +32,15 @@ def _exported(emulated, tmp_path) -> ConformerExecutor:
 ], ids=["uniform8", "mixed468", "chunked"])
 def test_ctc_emulation_matches_the_integer_executor(make_conformer, speech, tmp_path, policy, numerics,
                                                     overrides):
-    emulated = _emulated(make_conformer(**overrides), speech, policy, numerics)
-    executor = _exported(emulated, tmp_path)
+    emulated, executor = emulated_and_executor(make_conformer(**overrides), speech, policy, numerics,
+                                               ConformerExecutor, tmp_path / "conformer.npz")
     feats, feat_lens, _, _ = speech.evaluation
-
-    emulated.eval()
     with torch.no_grad(), checking_grid():
         enc, enc_lens = emulated.encode(feats, feat_lens)
         logits = emulated.ctc_head(enc)
         hypotheses = emulated.greedy_decode(feats, feat_lens)
-    enc_codes = _codes(enc, emulated.encoder.blocks[-1].norm.out_scale)
-    logit_codes = _codes(logits, emulated.ctc_head.out_scale)
+    enc_codes = codes(enc, emulated.encoder.blocks[-1].norm.out_scale)
+    logit_codes = codes(logits, emulated.ctc_head.out_scale)
 
     blank_frames = label_frames = 0
     for b in range(feats.shape[0]):
@@ -83,10 +58,9 @@ def test_ctc_emulation_matches_the_integer_executor(make_conformer, speech, tmp_
 
 
 def test_transducer_head_matches_the_integer_executor(make_conformer, speech, tmp_path):
-    emulated = _emulated(make_conformer(head="transducer"), speech, MIXED_4_6_8)
-    executor = _exported(emulated, tmp_path)
+    emulated, executor = emulated_and_executor(make_conformer(head="transducer"), speech, MIXED_4_6_8, None,
+                                               ConformerExecutor, tmp_path / "conformer.npz")
     feats, feat_lens, targets, target_lens = speech.evaluation
-    emulated.eval()
     with torch.no_grad(), checking_grid():
         enc, enc_lens = emulated.encode(feats, feat_lens)
         enc = emulated.enc_proj(enc)
@@ -97,7 +71,7 @@ def test_transducer_head_matches_the_integer_executor(make_conformer, speech, tm
     for b in range(feats.shape[0]):
         feat_codes = executor.quantize_features(feats[b, : feat_lens[b]].numpy())
         enc_b = executor.linear("enc_proj", executor.encode(feat_codes))
-        np.testing.assert_array_equal(enc_b, _codes(enc, emulated.enc_proj.out_scale)[b, : enc_lens[b]])
+        np.testing.assert_array_equal(enc_b, codes(enc, emulated.enc_proj.out_scale)[b, : enc_lens[b]])
         assert executor.greedy_decode(feat_codes) == hypotheses[b]
         emitted += len(hypotheses[b])
         if b == 0:
@@ -106,24 +80,13 @@ def test_transducer_head_matches_the_integer_executor(make_conformer, speech, tm
                 out, state = executor.predictor_step(token, state)
                 outputs.append(out)
             lattice = executor.joiner(enc_b[:, None], np.stack(outputs)[None])
-            expected = _codes(logits, emulated.joiner.out.out_scale)[0, : enc_lens[0], : int(target_lens[0]) + 1]
+            expected = codes(logits, emulated.joiner.out.out_scale)[0, : enc_lens[0], : int(target_lens[0]) + 1]
             np.testing.assert_array_equal(lattice, expected)
     assert 0 < emitted < 5 * int(enc_lens.sum())
 
 
-@pytest.mark.parametrize("overrides", [{}, {"chunk_size": 3}], ids=["full", "chunked"])
-def test_batched_emulation_equals_each_utterance_alone(make_conformer, speech, overrides):
-    emulated = _emulated(make_conformer(**overrides), speech, UNIFORM_8)
-    feats, feat_lens, _, _ = speech.evaluation
-    with torch.no_grad():
-        enc, enc_lens = emulated.encode(feats, feat_lens)
-        for b in range(feats.shape[0]):
-            alone, _ = emulated.encode(feats[b: b + 1, : feat_lens[b]], feat_lens[b: b + 1])
-            assert torch.equal(alone[0], enc[b, : enc_lens[b]])
-
-
 def test_chunked_emulation_does_not_look_past_the_current_chunk(make_conformer, speech):
-    emulated = _emulated(make_conformer(chunk_size=3), speech, UNIFORM_8)
+    emulated = emulate(make_conformer(chunk_size=3), speech, UNIFORM_8)
     feats, feat_lens, _, _ = speech.evaluation
     feats, length = feats[:1, : feat_lens[0]], feat_lens[:1]
     changed = feats.clone()
@@ -135,22 +98,10 @@ def test_chunked_emulation_does_not_look_past_the_current_chunk(make_conformer, 
     assert not torch.equal(before[:, 6:], after[:, 6:])
 
 
-@pytest.mark.parametrize("head", ["ctc", "transducer"])
-def test_gradients_reach_every_float_weight_through_the_integer_forward(make_conformer, speech, head):
-    emulated = _emulated(make_conformer(head=head), speech, MIXED_4_6_8)
-    emulated.train()
-    with checking_grid():
-        loss = emulated(*speech.evaluation)
-    loss.backward()
-    assert torch.isfinite(loss)
-    for name, param in emulated.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
-
-
 def test_loss_and_encoder_see_the_chips_errors_and_stay_close_to_float(make_conformer, speech):
     # Bit-exactness cannot catch a kernel error shared by emulation and executor; closeness to float can.
     model = make_conformer().eval()
-    emulated = _emulated(model, speech, UNIFORM_8)
+    emulated = emulate(model, speech, UNIFORM_8)
     batch = speech.evaluation
     with torch.no_grad():
         float_loss, int_loss = float(model(*batch)), float(emulated(*batch))
@@ -186,7 +137,7 @@ def test_conformer_ops_are_swapped_and_the_float_model_untouched(make_conformer)
 
 
 def test_mask_links_consumers_to_its_inputs_producer(make_conformer, speech):
-    emulated = _emulated(make_conformer(), speech, UNIFORM_8)
+    emulated = emulate(make_conformer(), speech, UNIFORM_8)
     conv = emulated.encoder.blocks[0].conv
     assert conv.depthwise.input_sources == ["encoder.blocks.0.conv.glu"]
     assert torch.equal(conv.depthwise.in_scales[0], conv.glu.out_scale)
@@ -203,20 +154,10 @@ def test_batch_norm_in_the_conv_module_is_refused_with_the_way_out(make_conforme
 
 
 def test_executor_refuses_other_architectures(make_conformer, speech, tmp_path):
-    emulated = _emulated(make_conformer(), speech, UNIFORM_8)
+    emulated = emulate(make_conformer(), speech, UNIFORM_8)
     export_int(emulated, tmp_path / "conformer.npz")
     from mpsearch.quant.nna.executor import RNNTExecutor
     with pytest.raises(NNAError, match="architecture 'conformer'; RNNTExecutor runs 'rnnt' only"):
         RNNTExecutor(tmp_path / "conformer.npz")
     executor = ConformerExecutor(tmp_path / "conformer.npz")
     assert executor.header["modules"]["encoder.blocks.0.ff1_residual"]["beta"] == 0.5
-
-
-def test_emulated_conformer_survives_a_state_dict_round_trip(make_conformer, speech):
-    model = make_conformer()
-    emulated = _emulated(model, speech, UNIFORM_8)
-    fresh = apply(model, UNIFORM_8, emulation="nna")
-    fresh.load_state_dict(emulated.state_dict())
-    feats, feat_lens, _, _ = speech.evaluation
-    with torch.no_grad():
-        assert torch.equal(fresh.encode(feats, feat_lens)[0], emulated.encode(feats, feat_lens)[0])

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nna_cases import UNIFORM_8, emulate
 
 from mpsearch.models.rnnt import FloatGreedySteps, greedy_steps, transducer_greedy_search
-from mpsearch.quant import Policy, QuantConfig, apply
-from mpsearch.quant.nna import NNANumerics, calibrate_nna, checking_grid, export_int
+from mpsearch.quant import Policy, QuantConfig
+from mpsearch.quant.nna import NNANumerics, checking_grid, export_int
 from mpsearch.quant.nna.decoding import IntegerGreedySteps
 from mpsearch.quant.nna.executor import ConformerExecutor, RNNTExecutor
 
-UNIFORM_8 = Policy.uniform(QuantConfig(weight_bits=8))
 MIXED_4_6_8 = Policy({
     "_default": QuantConfig(weight_bits=8),
     r"re:encoder\..*": QuantConfig(weight_bits=4),
@@ -20,12 +20,6 @@ MIXED_4_6_8 = Policy({
     r"re:joiner\..*": QuantConfig(weight_bits=5, granularity="per_tensor"),
 })
 FRAMES = 16  # encoder frames decoded module by module
-
-
-def _emulated(model, speech, policy, numerics=None):
-    emulated = apply(model, policy, emulation="nna", numerics=numerics)
-    calibrate_nna(emulated, [speech.calibration])
-    return emulated.eval()
 
 
 def _module_by_module(emulated, enc, enc_lens, max_symbols):
@@ -47,7 +41,7 @@ def _executor_alone(executor, feats, feat_lens, max_symbols=5):
 ], ids=["uniform8", "mixed-half_even-lut6", "stack-half_away-acc20"])
 def test_batched_integer_decode_equals_the_modules_calls_and_the_executor_alone(
         make_rnnt, speech, tmp_path, policy, numerics, subsampling, max_symbols):
-    emulated = _emulated(make_rnnt(subsampling), speech, policy, numerics)
+    emulated = emulate(make_rnnt(subsampling), speech, policy, numerics).eval()
     feats, feat_lens, _, _ = speech.evaluation
     # Longest last, so the search reorders the batch.
     order = torch.argsort(feat_lens)
@@ -70,7 +64,7 @@ def test_batched_integer_decode_equals_the_modules_calls_and_the_executor_alone(
 
 
 def test_conformer_transducer_head_decodes_by_the_integer_steps_too(make_conformer, speech, tmp_path):
-    emulated = _emulated(make_conformer(head="transducer"), speech, UNIFORM_8)
+    emulated = emulate(make_conformer(head="transducer"), speech, UNIFORM_8).eval()
     feats, feat_lens, _, _ = speech.evaluation
     with torch.no_grad():
         enc = emulated.enc_proj(emulated.encode(feats, feat_lens)[0])
@@ -83,7 +77,7 @@ def test_conformer_transducer_head_decodes_by_the_integer_steps_too(make_conform
 
 def test_grid_checks_and_float_models_decode_by_the_modules_own_calls(tiny_rnnt, speech):
     feats, feat_lens, _, _ = speech.evaluation
-    emulated = _emulated(tiny_rnnt, speech, UNIFORM_8)
+    emulated = emulate(tiny_rnnt, speech, UNIFORM_8).eval()
     with torch.no_grad():
         enc, _ = emulated.encode(feats, feat_lens)
         with checking_grid():

@@ -5,29 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from nna_cases import RNNT_MIXED_4_6_8 as MIXED_4_6_8
+from nna_cases import UNIFORM_8, codes, emulate, emulated_and_executor
 
-from mpsearch.quant import Policy, QuantConfig, apply, quantized_sites
-from mpsearch.quant.nna import NNAError, NNANumerics, calibrate_nna, checking_grid, export_int
+from mpsearch.quant import apply
+from mpsearch.quant.nna import NNAError, NNANumerics, checking_grid
 from mpsearch.quant.nna.executor import RNNTExecutor
 
-UNIFORM_8 = Policy.uniform(QuantConfig(weight_bits=8))
-MIXED_4_6_8 = Policy({
-    "_default": QuantConfig(weight_bits=8),
-    r"re:encoder\.lstm\..*": QuantConfig(weight_bits=4),
-    r"re:predictor\..*": QuantConfig(weight_bits=6, method="lsq"),
-    r"re:frontend\..*": QuantConfig(weight_bits=6, granularity="per_tensor"),
-})
 COMPARED = 3  # utterances whose joint lattice is compared in full
-
-
-def _emulated(model, speech, policy, numerics=None):
-    emulated = apply(model, policy, emulation="nna", numerics=numerics)
-    calibrate_nna(emulated, [speech.calibration])
-    return emulated
-
-
-def _codes(x: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
-    return torch.round(x.detach().double() / scale.double()).to(torch.int64).numpy()
 
 
 @pytest.mark.parametrize("policy, numerics, subsampling", [
@@ -36,21 +21,16 @@ def _codes(x: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
     (MIXED_4_6_8, NNANumerics(multiplier_bits=11, rounding="half_away"), "stack"),
 ], ids=["uniform8", "mixed468", "stack-frontend"])
 def test_emulation_matches_the_integer_executor(make_rnnt, speech, tmp_path, policy, numerics, subsampling):
-    emulated = _emulated(make_rnnt(subsampling), speech, policy, numerics)
-    expected_bits = {name: q.bits for name, q in quantized_sites(emulated).items()}
-    header = export_int(emulated, tmp_path / "rnnt.npz")
-    assert {name: site["bits"] for name, site in header["sites"].items()} == expected_bits
-    executor = RNNTExecutor(tmp_path / "rnnt.npz")
+    emulated, executor = emulated_and_executor(make_rnnt(subsampling), speech, policy, numerics, RNNTExecutor,
+                                               tmp_path / "rnnt.npz")
     feats, feat_lens, targets, target_lens = speech.evaluation
-
-    emulated.eval()
     with torch.no_grad(), checking_grid():
         enc, enc_lens = emulated.encode(feats, feat_lens)
         pred = emulated.predictor(targets, target_lens)
         logits = emulated.joiner(enc[:COMPARED, :, None], pred[:COMPARED, None])  # the training joint
         hypotheses = emulated.greedy_decode(feats, feat_lens)
-    enc_codes = _codes(enc, emulated.encoder.proj.out_scale)
-    logit_codes = _codes(logits, emulated.joiner.out.out_scale)
+    enc_codes = codes(enc, emulated.encoder.proj.out_scale)
+    logit_codes = codes(logits, emulated.joiner.out.out_scale)
 
     emitted = 0
     for b in range(feats.shape[0]):
@@ -71,30 +51,8 @@ def test_emulation_matches_the_integer_executor(make_rnnt, speech, tmp_path, pol
     assert 0 < emitted < 5 * int(enc_lens.sum())
 
 
-def test_batched_emulation_equals_each_utterance_alone(tiny_rnnt, speech):
-    emulated = _emulated(tiny_rnnt, speech, UNIFORM_8)
-    feats, feat_lens, _, _ = speech.evaluation
-    with torch.no_grad():
-        enc, enc_lens = emulated.encode(feats, feat_lens)
-        for b in range(feats.shape[0]):
-            alone, _ = emulated.encode(feats[b: b + 1, : feat_lens[b]], feat_lens[b: b + 1])
-            assert torch.equal(alone[0], enc[b, : enc_lens[b]])
-
-
-def test_gradients_reach_every_float_weight_through_the_integer_forward(tiny_rnnt, speech):
-    emulated = _emulated(tiny_rnnt, speech, MIXED_4_6_8)
-    emulated.train()
-    feats, feat_lens, targets, target_lens = speech.evaluation
-    with checking_grid():
-        loss = emulated(feats, feat_lens, targets, target_lens)
-    loss.backward()
-    assert torch.isfinite(loss)
-    for name, param in emulated.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
-
-
 def test_loss_sees_the_chips_errors_and_stays_close_to_float(tiny_rnnt, speech):
-    emulated = _emulated(tiny_rnnt, speech, UNIFORM_8)
+    emulated = emulate(tiny_rnnt, speech, UNIFORM_8)
     batch = speech.evaluation
     with torch.no_grad():
         float_loss, int_loss = float(tiny_rnnt.eval()(*batch)), float(emulated(*batch))
@@ -109,10 +67,3 @@ def test_using_the_model_before_calibration_says_to_calibrate(tiny_rnnt, speech)
         emulated(*speech.evaluation)
 
 
-def test_emulated_model_survives_a_state_dict_round_trip(tiny_rnnt, speech):
-    emulated = _emulated(tiny_rnnt, speech, UNIFORM_8)
-    fresh = apply(tiny_rnnt, UNIFORM_8, emulation="nna")
-    fresh.load_state_dict(emulated.state_dict())
-    feats, feat_lens, _, _ = speech.evaluation
-    with torch.no_grad():
-        assert torch.equal(fresh.encode(feats, feat_lens)[0], emulated.encode(feats, feat_lens)[0])
