@@ -6,6 +6,8 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
+    from mpsearch.cli.common import add_study_arguments
+
     parser = subparsers.add_parser(
         "onnx-check",
         help="run a trained model's ONNX graphs in onnxruntime and compare them with the integer executor",
@@ -22,11 +24,10 @@ def add_parser(subparsers) -> None:
                "  mpsearch onnx-check studies/quickstart.yaml --trained runs/quickstart/trained/knee --utterances 50",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+    add_study_arguments(parser)
     parser.add_argument("--trained", required=True, metavar="DIR", help="a trained/<policy>/ folder of the study")
     parser.add_argument("--utterances", type=int, metavar="N", help="a fixed seeded subset of N dev utterances")
     parser.add_argument("--split", default="dev", choices=["dev", "test"], help="split to run (default dev)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
 
@@ -45,29 +46,25 @@ def run(args) -> int:
     from pathlib import Path
 
     from mpsearch.artifacts import write_json
-    from mpsearch.config import StudyConfig
+    from mpsearch.cli.common import open_study, study_config
     from mpsearch.errors import ConfigError
-    from mpsearch.onnx import OnnxTransducer, export_onnx, onnx_paths
-    from mpsearch.onnx.check import check_split
-    from mpsearch.onnx.runtime import tap_names
-    from mpsearch.quant.nna.executor import RNNTExecutor
-    from mpsearch.study import Study
+    from mpsearch.onnx import export_onnx, onnx_paths
+    from mpsearch.onnx.check import check_split, open_check
 
     if args.utterances is not None and args.utterances < 1:
         raise ConfigError(f"--utterances must be at least 1; got {args.utterances}.")
-    cfg = StudyConfig.from_yaml(args.study)
+    cfg = study_config(args)
     npz = Path(args.trained) / "model.npz"
     if not npz.is_file():
         raise ConfigError(f"{npz} does not exist; train a policy under NNA emulation with "
                           f"`mpsearch train {args.study} --policy P.json` and pass its trained/<policy>/ folder.")
-    executor = RNNTExecutor(npz)
     if not all(path.is_file() for path in onnx_paths(npz).values()):
         print(f"building the ONNX graphs from {npz}")
         export_onnx(npz)
-    graphs = OnnxTransducer(npz, taps=tap_names(executor.modules))
-    study = Study(cfg, progress=not args.no_progress)
+    check = open_check(npz)
+    study = open_study(args, cfg)
     split = study.data.split(args.split).subset(args.utterances, seed=cfg.search.seed)
-    report = check_split(executor, graphs, split.batches(cfg.data.max_batch_frames), study.data.tokenizer.decode,
+    report = check_split(check, split.batches(cfg.data.max_batch_frames), study.data.tokenizer.decode,
                          progress=(len(split) if not args.no_progress else None))
     report["split"] = args.split
     write_json(Path(args.trained) / "onnx_check.json", report, sort_keys=False)

@@ -1,26 +1,31 @@
 """onnxruntime against the reference executor on real utterances: codes layer by layer, and transcripts.
 
-Per utterance of a split (batched for the encoder, as a deployment would run it):
+Per utterance of a split, for an RNN-T (batched for the encoder, as a deployment would run it):
   encoder    every module's codes over the utterance's valid frames
   predictor  the reference labels fed from blank (teacher forcing), every module's codes
   joiner     the full lattice of the executor's encoder and predictor codes, every module's codes
   decoding   greedy search with the ONNX graphs (numpy around onnxruntime) and with the executor
+and for a Conformer with a CTC head (the whole padded batch in one run of its graph):
+  ctc        every module's codes over the utterance's valid frames (attention's over its valid keys)
+  decoding   the CTC best path of the graph's logits and the executor's greedy_decode
 Agreement per layer is the fraction of codes that match exactly and the largest difference in codes;
 transcripts are scored against the references (WER, CER) and against each other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mpsearch.onnx.deps import OnnxError
-from mpsearch.onnx.reference import encoder_taps, joiner_taps, predictor_taps
-from mpsearch.onnx.runtime import OnnxTransducer
-from mpsearch.quant.nna.executor import RNNTExecutor
+from mpsearch.onnx.export import architecture
+from mpsearch.onnx.reference import conformer_taps, encoder_taps, joiner_taps, predictor_taps
+from mpsearch.onnx.runtime import OnnxCTC, OnnxTransducer, tap_names
+from mpsearch.quant.nna.executor import ConformerExecutor, IntegerModel, RNNTExecutor
 
 SHOWN_DIFFERENCES = 5
 
@@ -49,11 +54,12 @@ class Agreement:
                 "codes": self.total}
 
 
-class TransducerCheck:
-    """Accumulates the comparison of an `OnnxTransducer` with the `RNNTExecutor` of the same export."""
+class SplitCheck:
+    """Accumulates the comparison of ONNX graphs with the reference executor of the same export: layers'
+    agreement and both decodings' labels; a subclass adds a batch as its architecture runs it."""
 
-    def __init__(self, executor: RNNTExecutor, graphs: OnnxTransducer, max_symbols_per_frame: int = 5) -> None:
-        self.executor, self.graphs, self.max_symbols = executor, graphs, max_symbols_per_frame
+    def __init__(self, executor: IntegerModel, graphs: Any) -> None:
+        self.executor, self.graphs = executor, graphs
         self.layers: dict[str, Agreement] = {}
         self.refs: list[str] = []
         self.labels: dict[str, list[list[int]]] = {"onnx": [], "executor": []}
@@ -64,13 +70,46 @@ class TransducerCheck:
                 tapped = onnx_taps[name] if row is None else onnx_taps[name][row]
                 self.layers.setdefault(name, Agreement()).add(name, tapped, codes)
 
-    def add_batch(self, feats: np.ndarray, feat_lens: list[int], tokens: list[list[int]], texts: list[str]) -> None:
-        """One padded batch: float features (B, T, n_mels), lengths, reference labels and texts."""
-        ex = self.executor
-        codes = [ex.quantize_features(feats[b, :length]) for b, length in enumerate(feat_lens)]
+    def _codes(self, feats: np.ndarray, feat_lens: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
+        """The host's int8 codes of each utterance, and the padded batch of them (zeros past each end)."""
+        codes = [self.executor.quantize_features(feats[b, :length]) for b, length in enumerate(feat_lens)]
         padded = np.zeros((len(codes), max(feat_lens), feats.shape[2]), np.int8)
         for b, c in enumerate(codes):
             padded[b, : len(c)] = c
+        return codes, padded
+
+    def add_batch(self, feats: np.ndarray, feat_lens: list[int], tokens: list[list[int]], texts: list[str]) -> None:
+        """One padded batch: float features (B, T, n_mels), lengths, reference labels and texts."""
+        raise NotImplementedError
+
+    def report(self, decode: Any) -> dict[str, Any]:
+        """The per-layer agreement, both WERs and how many transcripts are identical; `decode` maps label
+        ids to text (the study's tokenizer)."""
+        from mpsearch.eval.wer import error_rates
+
+        hyps = {who: [decode(labels) for labels in seqs] for who, seqs in self.labels.items()}
+        differing = [i for i, (a, b) in enumerate(zip(hyps["onnx"], hyps["executor"])) if a != b]
+        return {
+            "utterances": len(self.refs),
+            "layers": {name: self.layers[name].to_dict() for name in sorted(self.layers)},
+            "onnx": error_rates(self.refs, hyps["onnx"]) if self.refs else {},
+            "executor": error_rates(self.refs, hyps["executor"]) if self.refs else {},
+            "identical_transcripts": len(self.refs) - len(differing),
+            "differences": [{"reference": self.refs[i], "onnx": hyps["onnx"][i], "executor": hyps["executor"][i]}
+                            for i in differing[:SHOWN_DIFFERENCES]],
+        }
+
+
+class TransducerCheck(SplitCheck):
+    """An `OnnxTransducer` against the `RNNTExecutor` of the same export."""
+
+    def __init__(self, executor: RNNTExecutor, graphs: OnnxTransducer, max_symbols_per_frame: int = 5) -> None:
+        super().__init__(executor, graphs)
+        self.max_symbols = max_symbols_per_frame
+
+    def add_batch(self, feats: np.ndarray, feat_lens: list[int], tokens: list[list[int]], texts: list[str]) -> None:
+        ex = self.executor
+        codes, padded = self._codes(feats, feat_lens)
         enc, enc_lens, enc_taps = self.graphs.encode(padded, feat_lens, taps=True)
         labelled = [[0, *t] for t in tokens]
         label_rows = np.zeros((len(tokens), max(map(len, labelled))), np.int64)
@@ -91,31 +130,47 @@ class TransducerCheck:
             self.labels["executor"].append(ex.transducer_greedy(enc_b, self.max_symbols))
             self.refs.append(texts[b])
 
-    def report(self, decode: Any) -> dict[str, Any]:
-        """The per-layer agreement, both WERs and how many transcripts are identical; `decode` maps label
-        ids to text (the study's tokenizer)."""
-        from mpsearch.eval.wer import error_rates
 
-        hyps = {who: [decode(labels) for labels in seqs] for who, seqs in self.labels.items()}
-        differing = [i for i, (a, b) in enumerate(zip(hyps["onnx"], hyps["executor"])) if a != b]
-        return {
-            "utterances": len(self.refs),
-            "layers": {name: self.layers[name].to_dict() for name in sorted(self.layers)},
-            "onnx": error_rates(self.refs, hyps["onnx"]) if self.refs else {},
-            "executor": error_rates(self.refs, hyps["executor"]) if self.refs else {},
-            "identical_transcripts": len(self.refs) - len(differing),
-            "differences": [{"reference": self.refs[i], "onnx": hyps["onnx"][i], "executor": hyps["executor"][i]}
-                            for i in differing[:SHOWN_DIFFERENCES]],
-        }
+class CTCCheck(SplitCheck):
+    """An `OnnxCTC` against the `ConformerExecutor` of the same export."""
+
+    def add_batch(self, feats: np.ndarray, feat_lens: list[int], tokens: list[list[int]], texts: list[str]) -> None:
+        codes, padded = self._codes(feats, feat_lens)
+        logits, logit_lens, taps = self.graphs.logits(padded, feat_lens, taps=True)
+        for b in range(len(codes)):
+            self._agree(taps, conformer_taps(self.executor, codes[b]), b)
+            self.labels["onnx"].append(self.graphs.greedy(logits[b, : int(logit_lens[b])]))
+            self.labels["executor"].append(self.executor.greedy_decode(codes[b]))
+            self.refs.append(texts[b])
 
 
-def check_split(executor: RNNTExecutor, graphs: OnnxTransducer, batches: Iterable[Any], decode: Any,
-                max_symbols_per_frame: int = 5, progress: int | None = None) -> dict[str, Any]:
-    """Run `TransducerCheck` over batches with `feats`, `feat_lens`, `targets`, `target_lens`, `texts`
+def _transducer_check(npz: Path, max_symbols_per_frame: int) -> SplitCheck:
+    executor = RNNTExecutor(npz)
+    return TransducerCheck(executor, OnnxTransducer(npz, taps=tap_names(executor.modules)), max_symbols_per_frame)
+
+
+def _ctc_check(npz: Path, max_symbols_per_frame: int) -> SplitCheck:  # CTC emits at most one label a frame
+    executor = ConformerExecutor(npz)
+    return CTCCheck(executor, OnnxCTC(npz, taps=tap_names(executor.modules)))
+
+
+CHECKS: dict[str, Callable[[Path, int], SplitCheck]] = {"rnnt": _transducer_check, "conformer": _ctc_check}
+
+
+def open_check(npz: str | Path, max_symbols_per_frame: int = 5) -> SplitCheck:
+    """The comparison of the integer export `npz` (its reference executor) with its ONNX graphs, written
+    beside it by `export_onnx`, for the architecture its header names."""
+    name = architecture(npz)
+    if name not in CHECKS:
+        raise OnnxError(f"onnx-check covers {', '.join(sorted(CHECKS))}; {npz} holds {name!r}.")
+    return CHECKS[name](Path(npz), max_symbols_per_frame)
+
+
+def check_split(check: SplitCheck, batches: Iterable[Any], decode: Any, progress: int | None = None) -> dict[str, Any]:
+    """Run `check` (see `open_check`) over batches with `feats`, `feat_lens`, `targets`, `target_lens`, `texts`
     (mpsearch.data.pipeline.Batch) and return its report; `progress`: the utterance count, for a bar."""
     from tqdm import tqdm
 
-    check = TransducerCheck(executor, graphs, max_symbols_per_frame)
     with tqdm(total=progress, disable=progress is None, desc="onnx-check", unit="utt", leave=False) as bar:
         for batch in batches:
             lens = [int(n) for n in batch.feat_lens]

@@ -1,5 +1,5 @@
 """A tiny study on the session's synthesized corpus (16 mel bins, a small RNN-T, a few steps), its
-features, and tiny RNN-Ts quantized under NNA emulation, for the ONNX export tests."""
+features, and tiny RNN-Ts and Conformers quantized under NNA emulation, for the ONNX export tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from mpsearch.config import StudyConfig
+from mpsearch.models.conformer import Conformer, ConformerConfig
 from mpsearch.models.rnnt import RNNT, RNNTConfig
 from mpsearch.quant import Policy, QuantConfig, apply
 from mpsearch.quant.nna import calibrate_nna
@@ -72,6 +73,39 @@ def emulated_rnnt(speech):
     def make(policy: Policy | None = None, numerics=None, subsampling: str = "conv") -> RNNT:
         batch = next(speech.train.batches(3000))
         model = apply(tiny_rnnt(speech.tokenizer.vocab_size, subsampling, batch),
+                      policy or Policy.uniform(QuantConfig(weight_bits=8)), emulation="nna", numerics=numerics)
+        calibrate_nna(model, [(batch.feats, batch.feat_lens, batch.targets, batch.target_lens)])
+        return model.eval()
+
+    return make
+
+
+def tiny_conformer(vocab_size: int, batch, **overrides) -> Conformer:
+    """A seeded tiny Conformer CTC model (d_model 16, 2 heads, 2 blocks, kernel 5) whose best paths hold
+    labels and blanks on `batch`; `overrides` are ConformerConfig fields (chunk_size, head, ...)."""
+    torch.manual_seed(0)
+    params = {"n_mels": N_MELS, "vocab_size": vocab_size, "d_model": 16, "n_heads": 2, "n_layers": 2, "ff_mult": 2,
+              "conv_kernel": 5, "dropout": 0.0, "pred_embed": 8, "pred_hidden": 16, "joint_dim": 16}
+    model = Conformer(ConformerConfig(**{**params, **overrides}))
+    model.eval()
+    if model.kind == "ctc":
+        with torch.no_grad():
+            # As for the RNN-T: a blank bias at the median margin over the best label makes blank win about
+            # half the frames, as in a trained model's best paths.
+            model.ctc_head.weight *= 4
+            logits = model.ctc_head(model.encode(batch.feats, batch.feat_lens)[0])
+            model.ctc_head.bias[0] -= (logits[..., 0] - logits[..., 1:].amax(dim=-1)).median()
+    return model
+
+
+@pytest.fixture
+def emulated_conformer(speech):
+    """emulated_conformer(policy, numerics, **overrides) -> a calibrated tiny Conformer under NNA emulation,
+    in eval mode."""
+
+    def make(policy: Policy | None = None, numerics=None, **overrides) -> Conformer:
+        batch = next(speech.train.batches(3000))
+        model = apply(tiny_conformer(speech.tokenizer.vocab_size, batch, **overrides),
                       policy or Policy.uniform(QuantConfig(weight_bits=8)), emulation="nna", numerics=numerics)
         calibrate_nna(model, [(batch.feats, batch.feat_lens, batch.targets, batch.target_lens)])
         return model.eval()

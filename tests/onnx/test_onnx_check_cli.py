@@ -7,6 +7,7 @@ import json
 
 from mpsearch.cli.main import main
 from mpsearch.quant import Policy, QuantConfig
+from mpsearch.quant.nna import export_int
 
 
 def test_train_writes_onnx_and_onnx_check_agrees_with_the_executor(tiny_study_yaml, tmp_path, capsys):
@@ -34,3 +35,21 @@ def test_onnx_check_without_a_trained_model_is_a_one_line_error(tiny_study_yaml,
     assert main(["onnx-check", str(tiny_study_yaml), "--trained", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "model.npz does not exist; train a policy" in err and err.count("\n") == 1
+
+
+def test_onnx_check_builds_and_checks_a_conformer_ctc_graph(tiny_study_yaml, emulated_conformer, tmp_path, capsys):
+    trained = tmp_path / "study" / "trained" / "ctc"
+    trained.mkdir(parents=True)
+    export_int(emulated_conformer(chunk_size=2), trained / "model.npz")
+    assert main(["onnx-check", str(tiny_study_yaml), "--trained", str(trained), "--utterances", "3",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (trained / "model.ctc.onnx").is_file() and "building the ONNX graphs" in out
+    report = json.loads((trained / "onnx_check.json").read_text())
+    assert report["utterances"] == 3
+    assert {"frontend.conv1", "encoder.blocks.0.attn.rotary_q", "encoder.blocks.0.attn.softmax",
+            "encoder.blocks.1.conv.glu", "encoder.blocks.1.conv.norm", "ctc_head"} <= set(report["layers"])
+    for name, agreement in report["layers"].items():
+        assert agreement["exact"] == 1.0 and agreement["max_code_diff"] == 0 and agreement["codes"] > 0, name
+    assert report["identical_transcripts"] == 3 and report["onnx"] == report["executor"]
+    assert "identical transcripts: 3 of 3" in out and "encoder.blocks.1.attn.softmax" in out
