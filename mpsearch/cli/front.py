@@ -6,6 +6,8 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
+    from mpsearch.cli.common import add_study_arguments
+
     front = subparsers.add_parser(
         "front",
         help="the Pareto front of a study's trials: table, front.csv, front.png and hypervolume",
@@ -26,7 +28,7 @@ def add_parser(subparsers) -> None:
                "then export a trial:  mpsearch export studies/quickstart.yaml --pick knee --out best.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    front.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+    add_study_arguments(front, progress=False)
     front.add_argument("--all", action="store_true", help="print every complete trial, not only the front and "
                                                           "the uniform points")
     front.add_argument("--no-plot", action="store_true", help="skip front.png (matplotlib not needed)")
@@ -49,7 +51,7 @@ def add_parser(subparsers) -> None:
                "then:  mpsearch train studies/quickstart.yaml --policy best.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    export.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+    add_study_arguments(export, progress=False)
     choice = export.add_mutually_exclusive_group(required=True)
     choice.add_argument("--trial", type=int, metavar="N", help="trial number N (must be COMPLETE)")
     choice.add_argument("--pick", choices=["knee"], help="knee: the best trade-off point of the front")
@@ -62,9 +64,9 @@ def add_parser(subparsers) -> None:
 
 
 def run_front(args) -> int:
-    from mpsearch.config import StudyConfig
+    from mpsearch.cli.common import study_config
 
-    print_front(StudyConfig.from_yaml(args.study), rows="all" if args.all else "front", plot=not args.no_plot)
+    print_front(study_config(args), rows="all" if args.all else "front", plot=not args.no_plot)
     return 0
 
 
@@ -91,12 +93,12 @@ def print_front(cfg, rows: str = "front", plot: bool = True, written_front=None)
 
 
 def run_export(args) -> int:
-    from mpsearch.config import StudyConfig
+    from mpsearch.cli.common import study_config
     from mpsearch.search.pareto import METRIC_COLUMNS, format_value, load_front_table
     from mpsearch.search.pick import pick_trial
     from mpsearch.search.record import older_baseline_note
 
-    cfg = StudyConfig.from_yaml(args.study)
+    cfg = study_config(args)
     table = load_front_table(cfg)
     picked = pick_trial(table, trial=args.trial, pick=args.pick, max_latency_ms=args.max_latency_ms,
                         max_wer=args.max_wer)

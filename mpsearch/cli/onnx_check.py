@@ -48,8 +48,10 @@ def run(args) -> int:
     from mpsearch.artifacts import write_json
     from mpsearch.cli.common import open_study, study_config
     from mpsearch.errors import ConfigError
-    from mpsearch.onnx import export_onnx, onnx_paths
-    from mpsearch.onnx.check import check_split, open_check
+    from mpsearch.onnx import OnnxTransducer, export_onnx, onnx_paths
+    from mpsearch.onnx.check import check_split
+    from mpsearch.onnx.runtime import tap_names
+    from mpsearch.quant.nna.executor import RNNTExecutor
 
     if args.utterances is not None and args.utterances < 1:
         raise ConfigError(f"--utterances must be at least 1; got {args.utterances}.")
@@ -58,13 +60,14 @@ def run(args) -> int:
     if not npz.is_file():
         raise ConfigError(f"{npz} does not exist; train a policy under NNA emulation with "
                           f"`mpsearch train {args.study} --policy P.json` and pass its trained/<policy>/ folder.")
+    executor = RNNTExecutor(npz)
     if not all(path.is_file() for path in onnx_paths(npz).values()):
         print(f"building the ONNX graphs from {npz}")
         export_onnx(npz)
-    check = open_check(npz)
+    graphs = OnnxTransducer(npz, taps=tap_names(executor.modules))
     study = open_study(args, cfg)
     split = study.data.split(args.split).subset(args.utterances, seed=cfg.search.seed)
-    report = check_split(check, split.batches(cfg.data.max_batch_frames), study.data.tokenizer.decode,
+    report = check_split(executor, graphs, split.batches(cfg.data.max_batch_frames), study.data.tokenizer.decode,
                          progress=(len(split) if not args.no_progress else None))
     report["split"] = args.split
     write_json(Path(args.trained) / "onnx_check.json", report, sort_keys=False)

@@ -6,6 +6,8 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
+    from mpsearch.cli.common import add_study_arguments
+
     parser = subparsers.add_parser(
         "report",
         help="write report.html: settings, baseline, sensitivity, front, chosen policies, latency per site",
@@ -21,8 +23,8 @@ def add_parser(subparsers) -> None:
                "  mpsearch report copies/quickstart/                      # a study folder: its own settings and trials",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml, or a study folder that has run "
-                                      "(one copied elsewhere included)")
+    add_study_arguments(parser, help="study YAML, e.g. studies/quickstart.yaml, or a study folder that has run "
+                                     "(one copied elsewhere included)", progress=False)
     parser.add_argument("--out", metavar="PATH.html", help="where to write the report (default: report.html in "
                                                            "the study folder)")
     parser.set_defaults(func=run)
@@ -31,11 +33,11 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from mpsearch.config import StudyConfig
+    from mpsearch.cli.common import study_config
     from mpsearch.report import study_config_of_folder, write_report
 
     if Path(args.study).is_dir():
         print(write_report(study_config_of_folder(args.study), args.out, folder=args.study))
     else:
-        print(write_report(StudyConfig.from_yaml(args.study), args.out))
+        print(write_report(study_config(args), args.out))
     return 0
