@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mpsearch.errors import MpsearchError
 from mpsearch.quant.config import GRANULARITIES, MAX_BITS, MIN_BITS, QuantConfig
@@ -179,19 +179,27 @@ def check_state_dict_roundtrip(method: str, bits: int, granularity: str, symmetr
     for shape in WEIGHT_SHAPES:
         w = weight(shape).requires_grad_(True)
         trained = build(method, bits, granularity, symmetric, w)
-        params = [w, *trained.parameters()]
-        opt = torch.optim.SGD(params, lr=0.05)
-        target = weight(shape, seed=3)
-        for _ in range(3):
-            opt.zero_grad()
-            ((trained(w) - target) ** 2).sum().backward()
-            opt.step()
+        _train_towards(trained, w, weight(shape, seed=3))
         other = weight(shape, seed=4) * 3.0
         fresh = build(method, bits, granularity, symmetric, other)
         fresh.load_state_dict(trained.state_dict())
         for training in (True, False):
             assert torch.equal(_forward(fresh, w, training), _forward(trained, w, training)), \
                 f"outputs differ after a state_dict round trip (training={training})"
+
+
+def _train_towards(quantizer: nn.Module, w: torch.Tensor, target: torch.Tensor, steps: int = 3) -> None:
+    """A few steps of the one training loop moving `w` and the quantizer's learned parts towards `target`."""
+    from mpsearch.config import TrainConfig
+    from mpsearch.training.tasks import FixedBatchTask
+    from mpsearch.training.trainer import train
+
+    model = nn.Module()
+    model.w, model.quantizer = nn.Parameter(w.detach()), quantizer
+    task = FixedBatchTask(model, target, loss=lambda m, target: ((m.quantizer(m.w) - target) ** 2).sum())
+    train(task, TrainConfig(max_steps=steps, lr=0.05, weight_decay=0.0, warmup_steps=0), progress=False)
+    with torch.no_grad():
+        w.copy_(model.w)
 
 
 def check_set_bits(method: str, bits: int, granularity: str, symmetric: bool) -> None:

@@ -7,8 +7,9 @@ another, for a model of the user's own with another forward."""
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -79,6 +80,27 @@ def load_adapter(spec: str) -> TaskAdapter:
         raise ConfigError(f"task.adapter '{spec}' has no {' or '.join(m + '(model, batch)' for m in missing)}; an "
                           "adapter needs both (see mpsearch.training.tasks.TaskAdapter).")
     return adapter
+
+
+class FixedBatchTask:
+    """One batch, given again at every step, with nothing to evaluate: for the benchmarks and contract checks
+    that train a model on a fixed input through the one training loop. `loss(model, batch)` defaults to the
+    model's forward on the batch's items (the built-in models return their loss)."""
+
+    def __init__(self, model: nn.Module, batch: Any,
+                 loss: Callable[[nn.Module, Any], torch.Tensor] | None = None):
+        self.model = model
+        self.batch = batch
+        self._loss = loss if loss is not None else (lambda model, batch: model(*batch))
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return self._loss(self.model, batch)
+
+    def train_batches(self, seed: int) -> Iterator[Any]:
+        return itertools.repeat(self.batch)
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        return {}
 
 
 class SpeechTask:
