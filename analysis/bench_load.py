@@ -1,7 +1,7 @@
 """Training throughput of the quickstart RNN-T alone and beside another busy torch process, side by side.
 
-Each measurement runs in a fresh process (so OpenMP starts anew) for `--seconds` of training steps on a
-fixed batch of the quickstart's shape. Conditions:
+Each measurement runs in a fresh process (so OpenMP starts anew) for `--seconds` of the training loop
+(mpsearch.training.trainer.train) on a fixed batch of the quickstart's shape. Conditions:
   alone            2 threads (every core), nothing else running
   beside, fixed    2 threads, beside a 2-thread torch process (what every-core processes do)
   beside, policy   mpsearch's thread policy (runtime.apply_thread_policy), beside the same process
@@ -36,30 +36,23 @@ while time.monotonic() < end:
 def _train_steps(threads: str, seconds: float, queue) -> None:
     import torch
 
-    from mpsearch.config import ModelConfig
+    from mpsearch.config import ModelConfig, TrainConfig
     from mpsearch.models import build_model
     from mpsearch.runtime import apply_thread_policy
+    from mpsearch.training.tasks import FixedBatchTask
+    from mpsearch.training.trainer import train
 
     used = apply_thread_policy() if threads == "policy" else int(threads)
-    torch.set_num_threads(used)
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="rnnt", params={"subsampling": "conv", "enc_hidden": 256, "enc_layers": 2,
                                                           "joint_dim": 160, "ctc_weight": 0.5}), vocab_size=29, n_mels=80)
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-    feats, feat_lens = torch.randn(32, 240, 80), torch.full((32,), 240)
-    targets, target_lens = torch.randint(2, 29, (32, 40)), torch.full((32,), 40)
-
-    def step() -> None:
-        optimizer.zero_grad()
-        model(feats, feat_lens, targets, target_lens).backward()
-        optimizer.step()
-
-    step()  # warm-up
-    steps, start = 0, time.monotonic()
-    while time.monotonic() - start < seconds:
-        step()
-        steps += 1
-    queue.put({"threads": used, "steps_per_s": steps / (time.monotonic() - start)})
+    batch = (torch.randn(32, 240, 80), torch.full((32,), 240), torch.randint(2, 29, (32, 40)), torch.full((32,), 40))
+    task = FixedBatchTask(model, batch)
+    settings = {"lr": 1e-3, "warmup_steps": 0, "threads": used, "eval_every": 10**9, "checkpoint_every": 10**9}
+    train(task, TrainConfig(max_steps=1, **settings), progress=False)  # warm-up
+    # The step budget is out of reach: the time limit ends the run.
+    result = train(task, TrainConfig(max_steps=10**9, max_minutes=seconds / 60, **settings), progress=False)
+    queue.put({"threads": used, "steps_per_s": result.steps / result.seconds})
 
 
 def measure(threads: str, seconds: float, beside_load: bool) -> dict:

@@ -87,6 +87,8 @@ def main() -> None:
     calibrate_nna(emulated, [random_batch(args.batch, args.frames, args.labels, n_mels, vocab, seed)
                              for seed in (1, 2)])
     variants["nna"] = emulated
+    # Single optimizer steps, not the training loop: one step of each variant is timed alone, side by side on
+    # the same batch, so the ratios compare the quantizers and not the loop around them.
     optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-4) for name, m in variants.items()}
 
     def forward(name: str) -> None:

@@ -82,6 +82,8 @@ def main() -> None:
     candidates = max(len(cs.choices) for cs in supernet.choice_sets)
     cfg = SupernetConfig(steps=100, gumbel=True)
     trainer = SupernetTrainer(supernet, ExpectedCost(supernet, "nna-int8"), cfg, lam=1.0)
+    # Single optimizer steps, not the training loop: each kind of update is timed alone, side by side with the
+    # supernet's own weight and logit steps on the same batch.
     optimizers = {m: torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (model, qat)}
 
     def plain_step(m: nn.Module) -> None:
