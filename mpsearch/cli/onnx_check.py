@@ -12,8 +12,9 @@ def add_parser(subparsers) -> None:
         "onnx-check",
         help="run a trained model's ONNX graphs in onnxruntime and compare them with the integer executor",
         description="Read trained/<policy>/ (written by `mpsearch train STUDY --policy P.json` under NNA "
-                    "emulation): model.npz, the integer export, and model.encoder.onnx, model.predictor.onnx, "
-                    "model.joiner.onnx, its ONNX graphs (built from model.npz first if they are missing). Run "
+                    "emulation): model.npz, the integer export, and its ONNX graphs (built from model.npz first if "
+                    "they are missing): model.encoder.onnx, model.predictor.onnx, model.joiner.onnx for an RNN-T, "
+                    "model.ctc.onnx for a Conformer with a CTC head. Run "
                     "both over the dev set, or --utterances of it, and report per layer the fraction of int8 "
                     "codes onnxruntime computes exactly as the reference executor does and the largest "
                     "difference in codes, then the WER and CER of greedy decoding with each and how many "
@@ -48,10 +49,8 @@ def run(args) -> int:
     from mpsearch.artifacts import write_json
     from mpsearch.cli.common import open_study, study_config
     from mpsearch.errors import ConfigError
-    from mpsearch.onnx import OnnxTransducer, export_onnx, onnx_paths
-    from mpsearch.onnx.check import check_split
-    from mpsearch.onnx.runtime import tap_names
-    from mpsearch.quant.nna.executor import RNNTExecutor
+    from mpsearch.onnx import export_onnx, onnx_paths
+    from mpsearch.onnx.check import check_split, open_check
 
     if args.utterances is not None and args.utterances < 1:
         raise ConfigError(f"--utterances must be at least 1; got {args.utterances}.")
@@ -60,14 +59,13 @@ def run(args) -> int:
     if not npz.is_file():
         raise ConfigError(f"{npz} does not exist; train a policy under NNA emulation with "
                           f"`mpsearch train {args.study} --policy P.json` and pass its trained/<policy>/ folder.")
-    executor = RNNTExecutor(npz)
     if not all(path.is_file() for path in onnx_paths(npz).values()):
         print(f"building the ONNX graphs from {npz}")
         export_onnx(npz)
-    graphs = OnnxTransducer(npz, taps=tap_names(executor.modules))
+    check = open_check(npz)
     study = open_study(args, cfg)
     split = study.data.split(args.split).subset(args.utterances, seed=cfg.search.seed)
-    report = check_split(executor, graphs, split.batches(cfg.data.max_batch_frames), study.data.tokenizer.decode,
+    report = check_split(check, split.batches(cfg.data.max_batch_frames), study.data.tokenizer.decode,
                          progress=(len(split) if not args.no_progress else None))
     report["split"] = args.split
     write_json(Path(args.trained) / "onnx_check.json", report, sort_keys=False)

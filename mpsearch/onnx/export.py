@@ -7,20 +7,16 @@ depend on the architecture its header names (`ONNX_EXPORTS`):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mpsearch.artifacts import atomic_path
 from mpsearch.onnx import conformer, transducer
 from mpsearch.onnx.deps import OnnxError, require_onnx
 from mpsearch.quant.nna.executor import IntegerModel
-from mpsearch.quant.nna.fileformat import HEADER_KEY
 from mpsearch.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -40,14 +36,8 @@ ONNX_EXPORTS.register("conformer")(OnnxExport(conformer.PARTS, conformer.conform
 
 
 def architecture(npz: str | Path) -> str:
-    """The architecture named in the header of the integer export `npz`, read without its arrays."""
-    npz = Path(npz)
-    if not npz.is_file():
-        raise OnnxError(f"Integer model '{npz}' does not exist; write it with export_int(model, path).")
-    with np.load(npz, allow_pickle=False) as data:
-        if HEADER_KEY not in data.files:
-            raise OnnxError(f"{npz} has no '{HEADER_KEY}'; it is not an mpsearch integer export.")
-        return str(json.loads(str(data[HEADER_KEY])).get("architecture"))
+    """The architecture named in the header of the integer export `npz`."""
+    return str(IntegerModel(npz).header.get("architecture"))
 
 
 def onnx_export(name: str) -> OnnxExport:

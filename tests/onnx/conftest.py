@@ -3,6 +3,7 @@ features, and tiny RNN-Ts and Conformers quantized under NNA emulation, for the 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,6 +18,16 @@ from mpsearch.study import Study
 pytest.importorskip("onnxruntime")
 
 N_MELS = 16
+GARBAGE = 77  # feature codes past an utterance's end, which no valid frame may read
+
+
+def padded(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Utterances' int8 feature codes (T_b, n_mels) -> the padded batch (garbage past each end), lengths."""
+    lens = np.array([len(c) for c in codes])
+    batch = np.full((len(codes), lens.max(), codes[0].shape[1]), GARBAGE, np.int8)
+    for b, c in enumerate(codes):
+        batch[b, : len(c)] = c
+    return batch, lens
 
 
 def study_dict(folder, corpus) -> dict:
@@ -111,3 +122,9 @@ def emulated_conformer(speech):
         return model.eval()
 
     return make
+
+
+@pytest.fixture
+def pad():
+    """pad(codes) -> (padded int8 batch with garbage past each utterance's end, lengths)."""
+    return padded

@@ -17,15 +17,6 @@ from mpsearch.quant.nna.executor import ConformerExecutor
 MIXED = Policy({"_default": QuantConfig(weight_bits=8),
                 r"re:encoder\.blocks\.\d+\.ff[12]\..*": QuantConfig(weight_bits=4),
                 r"re:encoder\.blocks\.\d+\.attn\..*": QuantConfig(weight_bits=6, granularity="per_tensor")})
-GARBAGE = 77  # feature codes past an utterance's end, which no valid frame may read
-
-
-def _padded(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lens = np.array([len(c) for c in codes])
-    padded = np.full((len(codes), lens.max(), codes[0].shape[1]), GARBAGE, np.int8)
-    for b, c in enumerate(codes):
-        padded[b, : len(c)] = c
-    return padded, lens
 
 
 @pytest.mark.parametrize("policy, numerics, overrides", [
@@ -34,7 +25,7 @@ def _padded(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     (MIXED, NNANumerics(multiplier_bits=11, rounding="half_away"), {"chunk_size": 3}),
 ], ids=["uniform8-half_up", "mixed-half_even", "mixed-half_away-chunked"])
 def test_onnxruntime_gives_the_executors_codes_per_utterance_of_padded_batches(
-        emulated_conformer, speech, tmp_path, policy, numerics, overrides):
+        emulated_conformer, speech, pad, tmp_path, policy, numerics, overrides):
     model = emulated_conformer(policy, numerics, **overrides)
     export_int(model, tmp_path / "model.npz")
     assert export_onnx(tmp_path / "model.npz") == {"ctc": tmp_path / "model.ctc.onnx"}
@@ -48,7 +39,7 @@ def test_onnxruntime_gives_the_executors_codes_per_utterance_of_padded_batches(
     # The whole batch (unequal lengths, garbage padding), then the shortest utterance alone.
     shortest = int(np.argmin(lens))
     for group in (list(range(len(codes))), [shortest]):
-        logits, logit_lens, taps = graphs.logits(*_padded([codes[b] for b in group]), taps=True)
+        logits, logit_lens, taps = graphs.logits(*pad([codes[b] for b in group]), taps=True)
         for row, b in enumerate(group):
             reference = conformer_taps(executor, codes[b])
             assert logit_lens[row] == len(reference["ctc_head"])
@@ -59,7 +50,7 @@ def test_onnxruntime_gives_the_executors_codes_per_utterance_of_padded_batches(
 
     # Greedy CTC around the graph: the executor's labels, and the emulated model's; best paths hold both
     # blanks and labels, so collapsing and dropping were both exercised.
-    logits, logit_lens, _ = graphs.logits(*_padded(codes))
+    logits, logit_lens, _ = graphs.logits(*pad(codes))
     decoded = [graphs.greedy(logits[b, : logit_lens[b]]) for b in range(len(codes))]
     assert decoded == [executor.greedy_decode(c) for c in codes] == model.greedy_decode(batch.feats, batch.feat_lens)
     best = np.concatenate([logits[b, : logit_lens[b]].argmax(-1) for b in range(len(codes))])

@@ -13,15 +13,6 @@ from mpsearch.quant.nna.executor import RNNTExecutor
 
 MIXED = Policy({"_default": QuantConfig(weight_bits=8), r"re:encoder\..*": QuantConfig(weight_bits=4),
                 r"re:joiner\..*": QuantConfig(weight_bits=6, granularity="per_tensor")})
-GARBAGE = 77  # feature codes past an utterance's end, which the encoder must ignore
-
-
-def _padded(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lens = np.array([len(c) for c in codes])
-    padded = np.full((len(codes), lens.max(), codes[0].shape[1]), GARBAGE, np.int8)
-    for b, c in enumerate(codes):
-        padded[b, : len(c)] = c
-    return padded, lens
 
 
 @pytest.mark.parametrize("policy, numerics, subsampling", [
@@ -29,7 +20,7 @@ def _padded(codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     (MIXED, NNANumerics(multiplier_bits=30, rounding="half_even", lut_bits=6), "stack"),
     (MIXED, NNANumerics(multiplier_bits=11, rounding="half_away", accumulator_bits=20), "conv"),
 ], ids=["uniform8-half_up", "mixed-half_even-stack", "mixed-half_away-acc20"])
-def test_onnxruntime_gives_the_executors_codes_at_two_shapes(emulated_rnnt, speech, tmp_path, policy, numerics,
+def test_onnxruntime_gives_the_executors_codes_at_two_shapes(emulated_rnnt, speech, pad, tmp_path, policy, numerics,
                                                              subsampling):
     model = emulated_rnnt(policy, numerics, subsampling)
     export_int(model, tmp_path / "model.npz")
@@ -43,7 +34,7 @@ def test_onnxruntime_gives_the_executors_codes_at_two_shapes(emulated_rnnt, spee
 
     # Encoder: the whole batch, longest last, then one short utterance alone.
     for group in (list(range(len(codes))), [0]):
-        enc, enc_lens, _ = graphs.encode(*_padded([codes[b] for b in group]))
+        enc, enc_lens, _ = graphs.encode(*pad([codes[b] for b in group]))
         for row, b in enumerate(group):
             expected = executor.encode(codes[b])
             assert enc_lens[row] == len(expected)
@@ -76,7 +67,7 @@ def test_onnxruntime_gives_the_executors_codes_at_two_shapes(emulated_rnnt, spee
 
     # Greedy decoding around the graphs: the executor's labels, and the emulated model's.
     emulated = model.greedy_decode(batch.feats, batch.feat_lens)
-    enc, enc_lens, _ = graphs.encode(*_padded(codes))
+    enc, enc_lens, _ = graphs.encode(*pad(codes))
     decoded = [graphs.greedy(enc[b, : enc_lens[b]]) for b in range(len(codes))]
     assert decoded == [executor.greedy_decode(c) for c in codes] == emulated
     assert 0 < sum(map(len, decoded)) < 5 * int(enc_lens.sum())  # labels emitted, blanks ended frames
