@@ -1,6 +1,6 @@
-"""mpsearch.api.search_model on tiny Hugging Face CTC models (built from a config, nothing downloaded), on the
-NNA's integers: a few fixed batches of random audio with fixed transcripts, scored by the CER of greedy CTC
-decodes."""
+"""mpsearch.api.search_model on tiny third-party CTC models (Hugging Face's built from a config, nothing
+downloaded, and a plain conv + GRU model), on the NNA's integers: a few fixed batches of random input with
+fixed transcripts, scored by the CER of greedy CTC decodes."""
 
 import pytest
 import torch
@@ -63,9 +63,38 @@ def problem(make):
     return factory, train_step, evaluate
 
 
-@pytest.mark.parametrize("make", [wav2vec2, wav2vec2_conformer])
-def test_search_model_runs_trials_of_a_hugging_face_model_on_the_nna(make, tmp_path):
-    factory, train_step, evaluate = problem(make)
+def conv_gru_problem():
+    """A conv + GRU CTC model on 16-dim features: a Conv1d front end, one GRU, a Linear over the letters."""
+    from mpsearch.testing.user_models import ConvRNNCTC
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, 40, 16, generator=gen), torch.randint(2, 12, (2, 5), generator=gen)) for _ in range(2)]
+    lens = torch.tensor([40, 40])
+    torch.manual_seed(0)
+    state = ConvRNNCTC(16, 12, rnn="gru").state_dict()
+
+    def factory():
+        model = ConvRNNCTC(16, 12, rnn="gru")
+        model.load_state_dict(state)
+        return model.eval()
+
+    def train_step(model, step):
+        feats, labels = batches[step % len(batches)]
+        log_probs, out_lens = model(feats, lens)
+        return torch.nn.functional.ctc_loss(log_probs.transpose(0, 1), labels, out_lens, torch.tensor([5, 5]))
+
+    def evaluate(model):
+        refs = [text(row) for _, labels in batches for row in labels.tolist()]
+        hyps = [h for feats, _ in batches for h in greedy_ctc(model(feats, lens)[0])]
+        return {"cer": error_rates(refs, hyps)["cer"]}
+
+    return factory, train_step, evaluate
+
+
+@pytest.mark.parametrize("make", [wav2vec2, wav2vec2_conformer, None], ids=["wav2vec2", "wav2vec2-conformer",
+                                                                           "conv-gru"])
+def test_search_model_runs_trials_of_a_third_party_model_on_the_nna(make, tmp_path):
+    factory, train_step, evaluate = problem(make) if make else conv_gru_problem()
     result = search_model(factory, train_step, evaluate, {"groups": {"all": {"sites": "*", "weight_bits": [4, 8]}}},
                           trials=2, finetune_steps=2, calibration_steps=2, objectives=("cer", "latency_ms"),
                           profile="nna-int8", emulation="nna", output_dir=tmp_path, progress=False)
