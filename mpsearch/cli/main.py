@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in TORCH_COMMANDS:
             from mpsearch.runtime import apply_thread_policy
 
-            apply_thread_policy(getattr(args, "workers", None) or 1)
+            workers = getattr(args, "workers", None)
+            # `auto` is resolved by the search backend, which applies the policy again per trial
+            apply_thread_policy(workers if isinstance(workers, int) else 1)
         return int(args.func(args) or 0)
     except MpsearchError as exc:
         print(f"error: {exc}", file=sys.stderr)

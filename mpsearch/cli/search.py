@@ -56,10 +56,8 @@ def run(args) -> int:
     from mpsearch.cli.front import print_front
     from mpsearch.errors import ConfigError
 
-    for name in ("trials", "workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name} must be at least 1; got {value}.")
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials must be at least 1; got {args.trials}.")
     cfg = study_config(args)
     if args.require_stored:
         from mpsearch.search.storage import load_trials_study

@@ -160,9 +160,9 @@ def test_repeated_proposals_neither_count_nor_end_the_search(tiny_study_yaml):
 
 
 def test_workers_auto_runs_one_trial_per_free_core_and_finishes_the_study(make_study_yaml, caplog):
-    path = make_study_yaml(workers="auto", trials=3)
+    path = make_study_yaml(trials=3)  # its YAML says workers: 1; the command line asks for auto
     with caplog.at_level("INFO", logger="mpsearch.search.optuna_backend"):
-        assert main(["search", str(path), "--no-progress"]) == 0
+        assert main(["search", str(path), "--workers", "auto", "--no-progress"]) == 0
     line = next(r.getMessage() for r in caplog.records if "search.workers: auto" in r.getMessage())
     assert 1 <= int(line.split()[1]) <= 4
     complete = stored(path).get_trials(states=(TrialState.COMPLETE,))
