@@ -149,7 +149,8 @@ class OnnxCTC(OnnxGraphs):
         frames = -(-feat_codes.shape[1] // SUBSAMPLING)
         if frames > self.max_frames:
             raise OnnxError(f"{feat_codes.shape[1]} feature frames make {frames} encoder frames; the graph's rotary "
-                            f"tables cover {self.max_frames}. Split the audio or export with a larger max_frames.")
+                            f"tables cover {self.max_frames}. Split the audio, or build the graph with "
+                            "mpsearch.onnx.conformer.ctc_graph(model, max_frames=N).")
         feeds = {"feats": feat_codes.astype(np.int8), "feat_lens": np.asarray(feat_lens, np.int64)}
         (logits, lens), tapped = self._run("ctc", feeds, ["logits", "logit_lens"], taps)
         return logits, lens, tapped

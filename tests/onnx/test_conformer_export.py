@@ -95,3 +95,11 @@ def test_a_transducer_head_has_no_graph_and_training_goes_on_without_one(emulate
         export_onnx(tmp_path / "model.npz")
     assert export_onnx_if_supported(tmp_path / "model.npz") is None
     assert "No ONNX export" in caplog.text and not list(tmp_path.glob("*.onnx"))
+
+
+def test_an_architecture_without_graphs_names_those_with_graphs():
+    from mpsearch.onnx.export import onnx_export
+
+    assert onnx_export("conformer").parts == ("ctc",)
+    with pytest.raises(OnnxError, match="No ONNX export for architecture 'lm'; graphs exist for conformer, rnnt"):
+        onnx_export("lm")
