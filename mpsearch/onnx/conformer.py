@@ -23,7 +23,7 @@ from typing import Any
 from mpsearch.onnx import kernels, layers
 from mpsearch.onnx.deps import OnnxError
 from mpsearch.onnx.graph import GraphBuilder, export_metadata
-from mpsearch.quant.nna.executor import SUBSAMPLING, IntegerModel
+from mpsearch.quant.nna.executor import IntegerModel
 
 PARTS = ("ctc",)
 # Encoder frames the rotary tables cover: 4096 frames of 40 ms, 164 s of audio, in 2 x 4096 x D/2 int16.
@@ -112,11 +112,8 @@ def ctc_graph(model: IntegerModel, max_frames: int = MAX_FRAMES) -> Any:
     helper, tp = g.onnx.helper, g.onnx.TensorProto
     cfg = model.config
     g.reserve("feats", "feat_lens")
-    feat_valid = g.op("Unsqueeze", [layers.valid_frames(g, "feats", "feat_lens", 1, "feat_valid"), g.const([2])],
-                      "feat_valid3")
-    x8 = layers.conv_subsampling(g, model, layers.zero_invalid(g, "feats", feat_valid, "feats_masked"))
-    lens = g.op("Div", [g.op("Add", ["feat_lens", g.const(SUBSAMPLING - 1)], "padded_lens"), g.const(SUBSAMPLING)],
-                "logit_lens")
+    x8 = layers.conv_subsampling(g, model, layers.zero_past_lengths(g, "feats", "feat_lens"))
+    lens = layers.subsampled_lengths(g, "feat_lens", "logit_lens")
     frames = _frames(g, model, x8, lens, max_frames)
     for layer in range(cfg["n_layers"]):
         x8 = _block(g, model, f"encoder.blocks.{layer}.", x8, frames)

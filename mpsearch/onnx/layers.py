@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpsearch.onnx.graph import GraphBuilder, Shift
-from mpsearch.quant.nna.executor import IntegerModel
+from mpsearch.quant.nna.executor import SUBSAMPLING, IntegerModel
 
 
 def linear(g: GraphBuilder, model: IntegerModel, name: str, x8: str) -> str:
@@ -70,6 +70,19 @@ def zero_invalid(g: GraphBuilder, x8: str, valid: str, hint: str) -> str:
     """int8 codes where `valid` (broadcasting) is set, 0 elsewhere: what a padded frame must hold before a
     window reads it."""
     return g.op("Where", [valid, x8, g.const(0, "zero8", np.int8)], hint)
+
+
+def zero_past_lengths(g: GraphBuilder, feats: str, feat_lens: str) -> str:
+    """Feature codes (B, T, n_mels) with every frame past its utterance's length zeroed, so that a padded
+    batch gives each utterance the codes it gets alone (the front end reads frames past the end)."""
+    valid = g.op("Unsqueeze", [valid_frames(g, feats, feat_lens, 1, "feat_valid"), g.const([2])], "feat_valid3")
+    return zero_invalid(g, feats, valid, "feats_masked")
+
+
+def subsampled_lengths(g: GraphBuilder, feat_lens: str, name: str) -> str:
+    """ceil(feat_lens / 4): the front end's output frames of each utterance, named `name`."""
+    padded = g.op("Add", [feat_lens, g.const(SUBSAMPLING - 1)], f"{name}.padded")
+    return g.op("Div", [padded, g.const(SUBSAMPLING)], name)  # non-negative: Div is the floor
 
 
 def relu(g: GraphBuilder, x8: str, hint: str) -> str:

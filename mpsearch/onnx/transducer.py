@@ -27,11 +27,6 @@ from mpsearch.quant.nna.executor import SUBSAMPLING, IntegerModel
 GRAPHS = ("encoder", "predictor", "joiner")
 
 
-def _mask_padding(g: GraphBuilder, feats: str, feat_lens: str) -> str:
-    valid = g.op("Unsqueeze", [layers.valid_frames(g, feats, feat_lens, 1, "valid"), g.const([2])], "valid3")
-    return layers.zero_invalid(g, feats, valid, "feats_masked")
-
-
 def _frontend(g: GraphBuilder, model: IntegerModel, x8: str) -> str:
     """int8 (B, T, n_mels) -> (B, ceil(T / 4), frontend_dim), as `RNNTExecutor.frontend`."""
     if model.config.get("subsampling", "conv") == "conv":
@@ -52,18 +47,18 @@ def encoder_graph(model: IntegerModel) -> Any:
     helper, tp = g.onnx.helper, g.onnx.TensorProto
     cfg = model.config
     g.reserve("feats", "feat_lens")
-    x8 = _frontend(g, model, _mask_padding(g, "feats", "feat_lens"))
+    x8 = _frontend(g, model, layers.zero_past_lengths(g, "feats", "feat_lens"))
     x8, _, _ = lstm(g, model, "encoder.lstm", x8)
     g.op("Identity", [layers.linear(g, model, "encoder.proj", x8)], "enc")
-    g.op("Div", [g.op("Add", ["feat_lens", g.const(SUBSAMPLING - 1)], "padded_lens"), g.const(SUBSAMPLING)],
-         "enc_lens")
+    layers.subsampled_lengths(g, "feat_lens", "enc_lens")
     first = "frontend.conv1" if cfg.get("subsampling", "conv") == "conv" else "frontend.linear"
     return g.model("rnnt_encoder",
-                  [helper.make_tensor_value_info("feats", tp.INT8, ["batch", "frames", cfg["n_mels"]]),
-                   helper.make_tensor_value_info("feat_lens", tp.INT64, ["batch"])],
-                  [helper.make_tensor_value_info("enc", tp.INT8, ["batch", "enc_frames", cfg["joint_dim"]]),
-                   helper.make_tensor_value_info("enc_lens", tp.INT64, ["batch"])],
-                  {**export_metadata(model, "encoder"), "mpsearch.input_scale": repr(model.modules[first]["in_scales"][0])})
+                   [helper.make_tensor_value_info("feats", tp.INT8, ["batch", "frames", cfg["n_mels"]]),
+                    helper.make_tensor_value_info("feat_lens", tp.INT64, ["batch"])],
+                   [helper.make_tensor_value_info("enc", tp.INT8, ["batch", "enc_frames", cfg["joint_dim"]]),
+                    helper.make_tensor_value_info("enc_lens", tp.INT64, ["batch"])],
+                   {**export_metadata(model, "encoder"),
+                    "mpsearch.input_scale": repr(model.modules[first]["in_scales"][0])})
 
 
 def predictor_graph(model: IntegerModel) -> Any:
@@ -80,14 +75,14 @@ def predictor_graph(model: IntegerModel) -> Any:
         g.op("Concat", stacked, out, axis=0)
     state = ["layers", "batch", hidden]
     return g.model("rnnt_predictor",
-                  [helper.make_tensor_value_info("tokens", tp.INT64, ["batch", "labels"]),
-                   helper.make_tensor_value_info("h", tp.INT8, state),
-                   helper.make_tensor_value_info("c", tp.INT16, state)],
-                  [helper.make_tensor_value_info("pred", tp.INT8, ["batch", "labels", cfg["joint_dim"]]),
-                   helper.make_tensor_value_info("h_out", tp.INT8, state),
-                   helper.make_tensor_value_info("c_out", tp.INT16, state)],
-                  {**export_metadata(model, "predictor"), "mpsearch.layers": str(layers_),
-                   "mpsearch.hidden": str(hidden)})
+                   [helper.make_tensor_value_info("tokens", tp.INT64, ["batch", "labels"]),
+                    helper.make_tensor_value_info("h", tp.INT8, state),
+                    helper.make_tensor_value_info("c", tp.INT16, state)],
+                   [helper.make_tensor_value_info("pred", tp.INT8, ["batch", "labels", cfg["joint_dim"]]),
+                    helper.make_tensor_value_info("h_out", tp.INT8, state),
+                    helper.make_tensor_value_info("c_out", tp.INT16, state)],
+                   {**export_metadata(model, "predictor"), "mpsearch.layers": str(layers_),
+                    "mpsearch.hidden": str(hidden)})
 
 
 def joiner_graph(model: IntegerModel) -> Any:
@@ -98,10 +93,10 @@ def joiner_graph(model: IntegerModel) -> Any:
     x8 = layers.lookup(g, model, "joiner.activation", layers.add(g, model, "joiner.add", "enc", "pred"))
     g.op("Identity", [layers.linear(g, model, "joiner.out", x8)], "logits")
     return g.model("rnnt_joiner",
-                  [helper.make_tensor_value_info("enc", tp.INT8, ["rows", joint]),
-                   helper.make_tensor_value_info("pred", tp.INT8, ["rows", joint])],
-                  [helper.make_tensor_value_info("logits", tp.INT8, ["rows", vocab])],
-                  export_metadata(model, "joiner"))
+                   [helper.make_tensor_value_info("enc", tp.INT8, ["rows", joint]),
+                    helper.make_tensor_value_info("pred", tp.INT8, ["rows", joint])],
+                   [helper.make_tensor_value_info("logits", tp.INT8, ["rows", vocab])],
+                   export_metadata(model, "joiner"))
 
 
 BUILDERS = {"encoder": encoder_graph, "predictor": predictor_graph, "joiner": joiner_graph}
