@@ -82,8 +82,9 @@ def layer_norm(g: GraphBuilder, model: IntegerModel, name: str, x8: str, axis: i
     z = g.rounding_shift(g.op("Mul", [centred, reciprocal], f"{name}.z_wide"), g.runtime_shift(z_shift, f"{name}.zs"),
                          f"{name}.z_rounded")
     z = g.saturate(z, NORM_RANGE, f"{name}.z")
-    gamma = g.int64(g.const(a[f"{name}.gamma"].reshape(-1, *tail), f"{name}.gamma", np.int16), f"{name}.gamma64")
-    beta = g.int64(g.const(a[f"{name}.beta"].reshape(-1, *tail), f"{name}.beta", np.int32), f"{name}.beta64")
+    # int64 initialisers (C entries each): no narrowing cast that could wrap an out-of-range export.
+    gamma = g.const(a[f"{name}.gamma"].reshape(-1, *tail), f"{name}.gamma")
+    beta = g.const(a[f"{name}.beta"].reshape(-1, *tail), f"{name}.beta")
     acc = g.op("Add", [g.op("Mul", [z, gamma], f"{name}.scaled_z"), beta], f"{name}.affine")
     acc = g.saturate(acc, n.acc_range, f"{name}.acc_sat")
     out = g.requantize(acc, a[f"{name}.multiplier"], a[f"{name}.shift"], n.act_range, f"{name}.requant")
