@@ -40,6 +40,7 @@ def train_with_policy(study: Study, policy: Policy, name: str, steps: int | None
         metrics["integer_export"] = str(out / "model.npz")
         from mpsearch.onnx import export_onnx_if_supported
 
-        export_onnx_if_supported(out / "model.npz")  # model.{encoder,predictor,joiner}.onnx beside it
+        # beside it: model.{encoder,predictor,joiner}.onnx for an RNN-T, model.ctc.onnx for a Conformer CTC
+        export_onnx_if_supported(out / "model.npz")
     write_json(out / "metrics.json", metrics)
     return metrics, out
