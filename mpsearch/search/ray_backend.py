@@ -58,6 +58,8 @@ FINISHED_FILE = "mpsearch-finished"
 RETRIES_PER_TRIAL = 2
 # After the sampler proposes a point another process is evaluating, wait this long before asking again.
 DUPLICATE_BACKOFF_SECONDS = 2.0
+# The user attribute of a trial whose worker could not set the study up; the driver then stops with its reason.
+FATAL_ATTR = "worker_setup_failed"
 
 
 def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trials: int, workers: int | str = 1,
@@ -67,6 +69,7 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
     baseline (warm starts included). Each trial runs the study's TrialRunner in a Ray worker, or
     `evaluate(policy) -> metrics` when given (picklable; what the Optuna backend's `evaluate` is)."""
     import optuna
+    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     record, target, done = open_run(cfg, space, starts, trials, heartbeat=False)
@@ -105,6 +108,7 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
                     name=path.name, storage_path=str(path.parent), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=RETRIES_PER_TRIAL)))
         log.info("running trials on Ray: %d at once, %d CPU(s) each; experiment in %s", workers, cpus, path)
+        failed_before = {t.number for t in record.trials(TrialState.FAIL)}
         # Ray's new console output prints boxes and hints whatever the verbosity; the bar below shows progress.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         with Heartbeat(record, interval=max(1, cfg.search.heartbeat_seconds // 3),
@@ -113,6 +117,7 @@ def run_ray(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], trial
             tuner.fit()
         # A finished experiment is never restored: a later request (more trials) starts a new one.
         (path / FINISHED_FILE).write_text("")
+        _raise_worker_setup_failure(record, failed_before)
     finally:
         if started_ray:
             ray.shutdown()
@@ -152,6 +157,7 @@ class StudySearcher(OptunaSearch):
         # each Ray trial this run asks spends the budget (failures too); points answered from the record do not
         self._budget = Budget(min(trials, space.size()), new_trial_budget)
         self._backoff_until = 0.0
+        self._fatal = False
         self._waiting: dict[int, list[optuna.Trial]] = {}  # trial number in flight -> trials of the same point
         self._record = TrialRecord(self._ot_study, self._storage, cfg, space, self._provenance)
 
@@ -159,6 +165,8 @@ class StudySearcher(OptunaSearch):
         from optuna.trial import TrialState
 
         record = self._record
+        if self._fatal:  # a worker could not set the study up: no trial will run
+            return Searcher.FINISHED
         while True:
             distinct = {point_key(t.params) for t in record.trials(TrialState.COMPLETE)}
             if self._budget.exhausted(len(distinct)):
@@ -204,6 +212,9 @@ class StudySearcher(OptunaSearch):
 
     def _finish(self, trial: optuna.Trial, trial_id: str, result: dict | None, error: bool) -> None:
         if result and result.get("failed"):
+            if result.get("fatal"):
+                trial.set_user_attr(FATAL_ATTR, True)
+                self._fatal = True
             self._fail(trial, str(result.get("fail_reason", "the trial failed")))
         elif result and all(result.get(o) is not None for o in self.metric):
             values = self._record.result(trial, json.loads(result["metrics_json"]))
@@ -275,6 +286,16 @@ class StudySearcher(OptunaSearch):
             self.__setstate__(pickle.load(file))
 
 
+def _raise_worker_setup_failure(record: TrialRecord, failed_before: set[int]) -> None:
+    """One MpsearchError with the reason of the first trial this run failed because its worker could not set
+    the study up (trials that failed before the run, a fixed factory's among them, do not count)."""
+    from optuna.trial import TrialState
+
+    for trial in record.trials(TrialState.FAIL):
+        if trial.number not in failed_before and trial.user_attrs.get(FATAL_ATTR):
+            raise MpsearchError(trial.user_attrs.get("fail_reason", "A Ray worker cannot set up the study."))
+
+
 def _resumed_sampler(cfg: StudyConfig, storage) -> optuna.samplers.BaseSampler:
     """The study's sampler seeded past the trials already stored, as open_study seeds it."""
     import optuna
@@ -299,10 +320,17 @@ def evaluate_trial(config: dict[str, Any], study_config: StudyConfig, workdir: s
         os.chdir(workdir)
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
     torch.set_num_threads(cpus)
-    if evaluate is None:
-        runner, space = _runner(study_config, cpus)
-        evaluate = runner.run
     objectives = study_config.search.objectives
+    if evaluate is None:
+        try:
+            runner, space = _runner(study_config, cpus)
+        except MpsearchError as exc:
+            # The study cannot be set up on this worker (a model factory it cannot import, say): no retry
+            # and no other point fares better, so the searcher ends the search on this result.
+            tune.report({**{o: math.nan for o in objectives}, "failed": 1, "fatal": 1,
+                         "fail_reason": f"A Ray worker cannot set up the study: {exc}"})
+            return
+        evaluate = runner.run
     try:
         metrics = evaluate(space.to_policy(config))
         values = scored_values(metrics, objectives)

@@ -3,6 +3,7 @@ the tiny synthesized corpus, then a second study that starts from the first one'
 
 import json
 
+import pytest
 import yaml
 
 from mpsearch.cli.main import main
@@ -87,3 +88,33 @@ def test_ray_workers_import_a_factory_beside_the_study_by_its_dotted_path(tmp_pa
     stored = Study(StudyConfig.from_dict(study), progress=False).run("trials", backend="ray", trials=2, workers=2).trials
     complete = stored.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 2 and all(t.user_attrs["metrics"]["wer"] >= 0 for t in complete)
+
+
+def test_a_factory_the_ray_workers_cannot_import_stops_the_search_at_the_first_trial(tmp_path, make_study,
+                                                                                      ray_session, monkeypatch):
+    from optuna.trial import TrialState
+
+    from mpsearch.errors import MpsearchError
+    from mpsearch.search.storage import load_trials_study
+    from mpsearch.study import Study
+
+    driver_only = tmp_path / "driver_only"
+    driver_only.mkdir()
+    (driver_only / "models_only_the_driver_sees.py").write_text(
+        "from mpsearch.testing.user_models import ConvRNNCTC\n\n"
+        "def build(n_mels, vocab_size, hidden=12):\n"
+        "    return ConvRNNCTC(n_mels, vocab_size, channels=8, hidden=hidden)\n")
+    # On the driver's path only: the session's Ray workers started without it, and run in tmp_path.
+    monkeypatch.syspath_prepend(str(driver_only))
+    monkeypatch.chdir(tmp_path)
+    study = user_study(tmp_path, make_study, "unseen", "mpsearch.testing.user_models:CTCAdapter", warm_start={"ilp": 0})
+    study["model"] = {"factory": "models_only_the_driver_sees:build"}
+    cfg = StudyConfig.from_dict(study)
+    with pytest.raises(MpsearchError) as caught:
+        Study(cfg, progress=False).run("trials", backend="ray", trials=3, workers=1)
+    message = str(caught.value)
+    assert message.startswith("A Ray worker cannot set up the study: model.factory 'models_only_the_driver_sees:build'")
+    assert "no module named 'models_only_the_driver_sees'" in message and "PYTHONPATH" in message
+    assert "\n" not in message
+    failed = load_trials_study(cfg).get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == message  # not retried, no second point
