@@ -73,12 +73,13 @@ def search_model(model_factory: Callable[[], nn.Module], train_step: Callable[[n
                  workload: Mapping[str, float] | None = None, emulation: str = "none", sampler: str = "nsga2",
                  name: str = "model-search", output_dir: str | Path = "runs/model-search",
                  storage: str | None = None, seed: int = 0, progress: bool = True,
-                 finetune: Mapping[str, Any] | None = None) -> SearchResult:
+                 finetune: Mapping[str, Any] | None = None, workers: int | str = "auto") -> SearchResult:
     """Search per-site bit widths (and methods, sparsity) for any nn.Module; see the module docstring.
 
     `evaluate` must return every objective that is not a hardware metric (latency_ms, size_bytes,
     avg_weight_bits come from the latency model of `profile` and `workload`). `finetune` sets more of
-    the fine-tune's fields (`search.finetune` of a study: warmup_steps, max_minutes, weight_decay, ...)."""
+    the fine-tune's fields (`search.finetune` of a study: warmup_steps, max_minutes, weight_decay, ...).
+    `workers` trials run at once (`search.workers`: auto, one per free core; 1 repeats a search exactly)."""
     from mpsearch.search.pareto import load_front_table
     from mpsearch.study import Study
     from mpsearch.training.user import UserModel
@@ -87,7 +88,8 @@ def search_model(model_factory: Callable[[], nn.Module], train_step: Callable[[n
     cfg = StudyConfig.from_dict(
         {"name": name, "output_dir": str(output_dir), "model": {"name": "user"},
          "hardware": {"profile": profile, "workload": dict(workload or {})},
-         "search": {"space": str(space) if from_file else None, "objectives": list(objectives), "trials": trials, "sampler": sampler,
+         "search": {"space": str(space) if from_file else None, "objectives": list(objectives), "trials": trials,
+                    "workers": workers, "sampler": sampler,
                     "storage": storage, "seed": seed, "emulation": emulation, "calibration_batches": calibration_steps,
                     "warm_start": {"ilp": 0, "supernet": False},
                     "finetune": {"max_steps": finetune_steps, "lr": lr, "warmup_steps": 0, **dict(finetune or {})}}},
