@@ -39,7 +39,7 @@ def study_dict(folder, corpus) -> dict:
         "model": {"name": "rnnt", "params": {"frontend_dim": 8, "enc_hidden": 12, "enc_layers": 1, "pred_embed": 6,
                                              "pred_hidden": 12, "joint_dim": 10, "dropout": 0.0}},
         "train": {"max_steps": 2, "warmup_steps": 0, "eval_every": 100, "threads": 1},
-        "search": {"calibration_batches": 1, "eval_utterances": 3,
+        "search": {"calibration_batches": 1, "eval_utterances": 3, "workers": 1,
                    "finetune": {"max_steps": 1, "warmup_steps": 0, "threads": 1}},
     }
 

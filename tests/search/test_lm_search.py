@@ -22,7 +22,7 @@ def test_a_transformer_lm_study_searches_perplexity_under_nna_emulation(tmp_path
         "model": {"name": "transformer_lm", "params": {"d_model": 16, "n_layers": 1, "n_heads": 2}},
         "train": {"max_steps": 20, "warmup_steps": 0, "eval_every": 100, "threads": 1, "augment": False},
         "sensitivity": {"batches": 1, "min_probes": 2, "max_probes": 4, "bits": [4, 8]},
-        "search": {"space": str(space), "objectives": ["perplexity", "latency_ms"], "trials": 3,
+        "search": {"space": str(space), "objectives": ["perplexity", "latency_ms"], "trials": 3, "workers": 1,
                    "calibration_batches": 1, "warm_start": {"ilp": 1},
                    "finetune": {"max_steps": 2, "warmup_steps": 0, "threads": 1, "augment": False}},
     }

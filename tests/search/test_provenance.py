@@ -30,7 +30,7 @@ def toy(tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"name": "prov", "output_dir": str(tmp_path / "study"), "model": MODEL,
                                     "search": {"space": str(tmp_path / "space.yaml"), "sampler": "random",
-                                               "warm_start": {"ilp": 0}}}))
+                                               "workers": 1, "warm_start": {"ilp": 0}}}))
     cfg = StudyConfig.from_yaml(path)
     return path, cfg, Study(cfg, progress=False).search_space()
 

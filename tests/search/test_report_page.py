@@ -49,7 +49,7 @@ def write_study(root: Path) -> Path:
     (root / "space.yaml").write_text(yaml.safe_dump(SPACE))
     path = root / "study.yaml"
     path.write_text(yaml.safe_dump({"name": "page", "output_dir": str(root / "study"), "model": MODEL,
-                                    "search": {"space": str(root / "space.yaml"),
+                                    "search": {"space": str(root / "space.yaml"), "workers": 1,
                                                "heartbeat_seconds": HEARTBEAT_SECONDS}}))
     cfg = StudyConfig.from_yaml(path)
     study = Study(cfg, progress=False)  # writes study.yaml.json and tokenizer.json, as a search does
