@@ -57,7 +57,7 @@ def test_converges_on_a_toy_regression(bits):
     target = torch.randn(8, 16, generator=gen)
     y = x @ target.T + 0.1 * torch.randn(256, 8, generator=gen)
     weight = torch.nn.Parameter(target + 0.3 * torch.randn(8, 16, generator=gen))
-    q = admm(weight.detach(), bits=bits, rho=0.3, rho_growth=1.2, update_every=25)
+    q = admm(weight.detach(), bits=bits, rho=0.3, rho_growth=1.2, updates=24, recovery=0.0)
     opt = torch.optim.SGD([weight], lr=0.05)
     for step in range(1, 601):
         opt.zero_grad()
@@ -84,5 +84,30 @@ def test_penalty_and_options():
     assert float(q.penalty(w)) == pytest.approx(float((w - q.z).pow(2).sum()))
     with pytest.raises(PolicyError, match="'rho' must be a number in \\(0, inf\\]"):
         admm(w, rho=0)
-    with pytest.raises(PolicyError, match="'update_every'"):
-        admm(w, update_every=0)
+    with pytest.raises(PolicyError, match="'updates'"):
+        admm(w, updates=0)
+    with pytest.raises(PolicyError, match="'recovery'"):
+        admm(w, recovery=1.5)
+
+
+def test_schedule_spans_any_fine_tune_then_recovers_on_the_grid():
+    w = torch.randn(8, 12, generator=torch.Generator().manual_seed(5))
+    q = admm(w)  # defaults: 4 updates, the last 20% of the steps on the grid
+    assert list(q.update_steps(200)) == [40, 80, 120, 160] and q.recovery_start(200) == 160
+    assert list(q.update_steps(15)) == [3, 6, 9, 12]  # a search trial's short fine-tune gets it whole
+    assert list(admm(w, updates=100).update_steps(10)) == list(range(1, 9))
+    q.train()
+    for step in range(160):
+        q.on_step(w, step, 200)
+    assert not q.recovering and torch.equal(q(w), w) and q.loss_term(w) is not None
+    q.on_step(w, 160, 200)
+    # Recovery: the training forward is the deployed grid (straight-through), and the penalty is gone.
+    weight = w.clone().requires_grad_(True)
+    out = q(weight)
+    q.eval()
+    assert q.recovering and q.quantized_in_training and torch.equal(out.detach(), q(w))
+    assert q.loss_term(weight) is None
+    out.sum().backward()
+    alpha = least_squares_scale(w, BitWidth(3), per_channel=True)
+    in_range = (w / alpha).abs() <= 3  # straight through inside the clamp range, zero outside it
+    assert torch.equal(weight.grad, in_range.float()) and in_range.float().mean() > 0.8

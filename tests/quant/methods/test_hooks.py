@@ -44,7 +44,7 @@ def every_method():
                          options={"temperature": 0.5, "anneal_end": 0.5}),
         "2": QuantConfig(weight_bits=3, act_bits=None, method="s8bqat", options={"compress_every": 5},
                          sparsity={"method": "csp", "fraction": 0.5}),
-        "4": QuantConfig(weight_bits=4, act_bits=None, method="admm", options={"update_every": 5},
+        "4": QuantConfig(weight_bits=4, act_bits=None, method="admm", options={"updates": 4, "recovery": 0.0},
                          sparsity="2:4"),
     }))
 
