@@ -56,6 +56,23 @@ def free_cores() -> int:
     return choose_threads(os.cpu_count() or 1, busy_cores())
 
 
+def choose_workers(free: int, max_workers: int) -> tuple[int, int]:
+    """(workers, threads per worker) for `workers: auto`: one worker per free core, at most
+    `max_workers`, the free cores shared between them."""
+    workers = max(1, min(free, max_workers))
+    return workers, max(1, free // workers)
+
+
+def apply_worker_policy(max_workers: int) -> int:
+    """Resolve `workers: auto` from one sample of the load: sets torch's threads per worker and returns
+    the worker count."""
+    import torch
+
+    workers, threads = choose_workers(free_cores(), max_workers)
+    torch.set_num_threads(threads)
+    return workers
+
+
 def apply_thread_policy(workers: int = 1) -> int:
     """Set torch's thread count for this process from the cores free now; returns it. An explicit
     `train.threads` (or a Ray trial's CPUs) still overrides it where that applies."""

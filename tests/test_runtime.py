@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from mpsearch.runtime import busy_cores, choose_threads
+from mpsearch.runtime import busy_cores, choose_threads, choose_workers
 
 
 @pytest.mark.parametrize("cores, busy, workers, expected", [
@@ -23,3 +23,13 @@ def test_choose_threads(cores, busy, workers, expected):
 def test_busy_cores_is_a_share_of_the_machine():
     busy = busy_cores(0.05)
     assert 0.0 <= busy <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("free, max_workers, expected", [
+    (2, 4, (2, 1)),    # two free cores: two one-thread workers
+    (1, 4, (1, 1)),
+    (8, 4, (4, 2)),    # capped: the free cores shared between the workers
+    (6, 4, (4, 1)),
+])
+def test_choose_workers(free, max_workers, expected):
+    assert choose_workers(free, max_workers) == expected

@@ -148,14 +148,14 @@ def run_optuna(cfg: StudyConfig, space: SearchSpace, starts: list[WarmStart], ev
     if done >= target:
         return record.study
     if workers == "auto":
-        from mpsearch.runtime import free_cores
+        from mpsearch.runtime import apply_worker_policy
 
         # One one-thread trial per free core: on 2 idle cores two such trials score 1.28x the trials per
         # minute of one 2-thread trial (analysis/bench_ray.py --backend optuna). The trials are threads of
         # this process and share its GIL, so a few of them, not one per core of a large machine.
-        workers = min(free_cores(), MAX_AUTO_WORKERS)
+        workers = apply_worker_policy(MAX_AUTO_WORKERS)
         log.info("running %d trial(s) at once (search.workers: auto)", workers)
-    if workers > 1:
+    elif workers > 1:
         from mpsearch.runtime import apply_thread_policy
 
         apply_thread_policy(workers)  # the free cores shared between the workers
