@@ -25,7 +25,7 @@ from mpsearch.onnx.deps import OnnxError
 from mpsearch.onnx.export import architecture
 from mpsearch.onnx.reference import conformer_taps, encoder_taps, joiner_taps, predictor_taps
 from mpsearch.onnx.runtime import OnnxCTC, OnnxTransducer, tap_names
-from mpsearch.quant.nna.executor import ConformerExecutor, IntegerModel, RNNTExecutor
+from mpsearch.quant.nna.executor import ConformerExecutor, IntegerModel, RNNTExecutor, ctc_best_path
 
 SHOWN_DIFFERENCES = 5
 
@@ -138,9 +138,11 @@ class CTCCheck(SplitCheck):
         codes, padded = self._codes(feats, feat_lens)
         logits, logit_lens, taps = self.graphs.logits(padded, feat_lens, taps=True)
         for b in range(len(codes)):
-            self._agree(taps, conformer_taps(self.executor, codes[b]), b)
+            reference = conformer_taps(self.executor, codes[b])
+            self._agree(taps, reference, b)
             self.labels["onnx"].append(self.graphs.greedy(logits[b, : int(logit_lens[b])]))
-            self.labels["executor"].append(self.executor.greedy_decode(codes[b]))
+            # the executor's greedy_decode, from the logits its run for the taps already computed
+            self.labels["executor"].append(ctc_best_path(reference["ctc_head"]))
             self.refs.append(texts[b])
 
 

@@ -21,9 +21,7 @@ import numpy as np
 
 from mpsearch.onnx.deps import OnnxError, require_onnx, require_onnxruntime
 from mpsearch.onnx.export import onnx_paths
-from mpsearch.quant.nna.executor import SUBSAMPLING
-
-BLANK = 0
+from mpsearch.quant.nna.executor import BLANK, SUBSAMPLING, ctc_best_path
 
 
 def _with_taps(model: Any, names: set[str]) -> tuple[Any, list[str]]:
@@ -124,13 +122,6 @@ class OnnxTransducer(OnnxGraphs):
                 labels.append(label)
                 pred, state, _ = self.predict(np.array([[label]]), state)
         return labels
-
-
-def ctc_best_path(logits: np.ndarray, blank: int = BLANK) -> list[int]:
-    """Greedy CTC labels of one utterance's logit codes (T, V): argmax per frame (first of equal codes),
-    repeats collapsed, blanks dropped."""
-    best = np.argmax(logits, axis=-1)
-    return [int(label) for t, label in enumerate(best) if label != blank and (t == 0 or label != best[t - 1])]
 
 
 class OnnxCTC(OnnxGraphs):

@@ -280,6 +280,13 @@ class RNNTExecutor(IntegerModel, TransducerDecoding):
         return self.transducer_greedy(self.encode(feat_codes), max_symbols_per_frame, blank)
 
 
+def ctc_best_path(logits: np.ndarray, blank: int = BLANK) -> list[int]:
+    """Greedy CTC labels of one utterance's logit codes (T, V): argmax per frame (first of equal codes),
+    repeats collapsed, blanks dropped."""
+    best = np.argmax(logits, axis=-1)
+    return [int(label) for t, label in enumerate(best) if label != blank and (t == 0 or label != best[t - 1])]
+
+
 class ConformerExecutor(IntegerModel, TransducerDecoding):
     """Runs a Conformer (CTC or transducer head) written by `export_int` with integer numpy arithmetic,
     one utterance at a time."""
@@ -359,5 +366,4 @@ class ConformerExecutor(IntegerModel, TransducerDecoding):
         if self.head == "transducer":
             enc = self.linear("enc_proj", self.encode(feat_codes))
             return self.transducer_greedy(enc, max_symbols_per_frame, blank)
-        best = np.argmax(self.ctc_logits(feat_codes), axis=-1)
-        return [int(label) for t, label in enumerate(best) if label != blank and (t == 0 or label != best[t - 1])]
+        return ctc_best_path(self.ctc_logits(feat_codes), blank)
