@@ -5,6 +5,8 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 ANALYSIS = Path(__file__).resolve().parents[2] / "analysis"
 
 
@@ -35,3 +37,17 @@ def test_a_method_row_is_fine_tuned_and_scored(make_study, tmp_path, monkeypatch
     plot = runpy.run_path(str(ANALYSIS / "plot_methods.py"), run_name="analysis_plot_methods")
     assert plot["main"](["--csv", str(out), "--out", str(tmp_path / "methods.png")]) == 0
     assert (tmp_path / "methods.png").stat().st_size > 0 and (tmp_path / "methods-loss.png").stat().st_size > 0
+
+    # Two rows compared across runs (here: the same run) on the same utterances, paired.
+    paired = runpy.run_path(str(ANALYSIS / "paired_rows.py"), run_name="analysis_paired_rows")
+    capsys.readouterr()
+    assert paired["main"]([f"{out}:gq-w4", f"{out}:uniform-w4"]) == 0
+    dev_line = capsys.readouterr().out.splitlines()[0]
+    assert dev_line.startswith("dev: gq-w4") and f"{100 * gq['delta_wer']:+.2f} points" in dev_line
+    other = tmp_path / "other.csv"
+    details["uniform-w4"]["test"]["words"] = details["uniform-w4"]["test"]["words"][1:]
+    other.with_suffix(".details.json").write_text(json.dumps(details))
+    with pytest.raises(SystemExit, match="different test utterances"):
+        paired["main"]([f"{out}:gq-w4", f"{other}:uniform-w4"])
+    with pytest.raises(SystemExit, match="no row 'lsq-w4'"):
+        paired["main"]([f"{out}:lsq-w4", f"{out}:uniform-w4"])
