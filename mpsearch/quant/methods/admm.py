@@ -46,7 +46,7 @@ class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
     the searched min/max range of the uniform quantizer (the least-squares fit has no zero point).
     """
 
-    # Defaults measured on the shipped RNN-T at 3 bits, 200 steps (rho 0.1 to 10, growth 1 to 2, 4 to 20
+    # Defaults measured on the shipped RNN-T at 3 bits, 100-200 steps (rho 0.1 to 10, growth 1 to 2, 4 to 10
     # updates): 4 updates from rho 0.3 doubling shrank ||W - Z|| the most before recovery.
     options: ClassVar[dict[str, Any]] = {"rounding": "half_even", "rho": 0.3, "rho_growth": 2.0, "updates": 4,
                                          "recovery": 0.2}
