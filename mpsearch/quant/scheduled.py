@@ -6,6 +6,8 @@ weight the method is attached to, so the trainer itself stays generic.
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 
@@ -26,3 +28,19 @@ class ScheduledMethod:
 
 def has_loss_term(method: object) -> bool:
     return isinstance(method, ScheduledMethod) and type(method).loss_term is not ScheduledMethod.loss_term
+
+
+class RecoveryPhase(ScheduledMethod):
+    """A method whose fine-tune ends with a recovery phase: its last `recovery` fraction of the steps
+    trained on the deployed grid (ADMM, S8BQAT). `on_step` sets `recovering`, since the forward does not
+    see the step."""
+
+    recovery: float
+    recovering: bool
+
+    def recovery_start(self, total_steps: int) -> int:
+        """The step at which the recovery phase starts (total_steps when there is none)."""
+        return total_steps - math.floor(self.recovery * total_steps)
+
+    def in_recovery(self, step: int, total_steps: int) -> bool:
+        return self.recovery > 0 and step >= self.recovery_start(total_steps)

@@ -22,7 +22,6 @@ eval mode and export, the forward is Q_b(W) on the same least-squares grid.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -31,19 +30,20 @@ from torch import Tensor
 from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.options import check_number
 from mpsearch.quant.parts import least_squares_scale
-from mpsearch.quant.scheduled import ScheduledMethod
+from mpsearch.quant.scheduled import RecoveryPhase
 from mpsearch.quant.weight_quantizers import QUANTIZERS, UniformQuantizer
 
 
 @QUANTIZERS.register("admm")
-class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
+class AdmmQuantizer(RecoveryPhase, UniformQuantizer):
     """A uniform grid at the least-squares scale, plus ADMM's auxiliary Z and dual U (buffers shaped like W).
 
     Options: `rho` (penalty at the start), `rho_growth` (rho is multiplied by it after every update, and U
     divided by it), `updates` (ADMM updates over the fine-tune), `recovery` (the fraction of the steps,
     at the end, trained on the grid without the penalty; 0: ADMM to the last step), `rounding`.
-    `residuals` records ||W - Z|| at every update (the primal residual), for monitoring convergence. Asymmetric grids keep
-    the searched min/max range of the uniform quantizer (the least-squares fit has no zero point).
+    `residuals` records ||W - Z|| at every update (the primal residual), for monitoring convergence.
+    Asymmetric grids keep the searched min/max range of the uniform quantizer (the least-squares fit has
+    no zero point).
     """
 
     # Defaults measured on the shipped RNN-T at 3 bits, 100-200 steps (rho 0.1 to 10, growth 1 to 2, 4 to 10
@@ -59,7 +59,6 @@ class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
         self.rho_growth = float(rho_growth)
         self.n_updates = int(updates)
         self.recovery = float(recovery)
-        # Set by on_step: whether the fine-tune is in its recovery phase (a function of the step).
         self.recovering = False
         w = weight.detach()
         self.register_buffer("z", self.project(w))
@@ -71,10 +70,10 @@ class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
     @classmethod
     def check_config(cls, cfg: QuantConfig) -> None:
         super().check_config(cfg)
-        check_number("rho", cfg.options.get("rho", 0.1), 0.0, lo_open=True)
-        check_number("rho_growth", cfg.options.get("rho_growth", 1.1), 1.0, 10.0)
-        check_number("updates", cfg.options.get("updates", 4), 1, integer=True)
-        check_number("recovery", cfg.options.get("recovery", 0.2), 0.0, 1.0)
+        check_number("rho", cls.option(cfg, "rho"), 0.0, lo_open=True)
+        check_number("rho_growth", cls.option(cfg, "rho_growth"), 1.0, 10.0)
+        check_number("updates", cls.option(cfg, "updates"), 1, integer=True)
+        check_number("recovery", cls.option(cfg, "recovery"), 0.0, 1.0)
 
     @classmethod
     def from_config(cls, cfg: QuantConfig, weight: Tensor) -> AdmmQuantizer:
@@ -122,10 +121,6 @@ class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
         return residual
 
     # --- training hooks -----------------------------------------------------------------------
-    def recovery_start(self, total_steps: int) -> int:
-        """The step at which the recovery phase starts (total_steps when there is none)."""
-        return total_steps - math.floor(self.recovery * total_steps)
-
     def update_steps(self, total_steps: int) -> range:
         """The steps after which ADMM updates Z and U: `updates` of them, evenly spaced before recovery."""
         every = max(1, self.recovery_start(total_steps) // self.n_updates)
@@ -138,7 +133,7 @@ class AdmmQuantizer(ScheduledMethod, UniformQuantizer):
     def on_step(self, weight: Tensor, step: int, total_steps: int) -> None:
         if step in self.update_steps(total_steps):
             self.admm_update(weight)
-        self.recovering = self.recovery > 0 and step >= self.recovery_start(total_steps)
+        self.recovering = self.in_recovery(step, total_steps)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rho={self.rho:g}, rho_growth={self.rho_growth:g}, " \

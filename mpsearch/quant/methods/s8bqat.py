@@ -37,7 +37,7 @@ from mpsearch.quant.config import QuantConfig
 from mpsearch.quant.methods.codebook import INT8_MAX, groups, nearest
 from mpsearch.quant.options import check_choice, check_number
 from mpsearch.quant.parts import MIN_SCALE, scale_shape
-from mpsearch.quant.scheduled import ScheduledMethod
+from mpsearch.quant.scheduled import RecoveryPhase
 from mpsearch.quant.weight_quantizers import QUANTIZERS, WeightQuantizer
 
 TRAIN_FORWARDS = ("float", "quantized")
@@ -91,7 +91,7 @@ def mracos(x: Tensor, centroids: Tensor, floor: Tensor) -> Tensor:
 
 
 @QUANTIZERS.register("s8bqat")
-class SubEightBitQuantizer(ScheduledMethod, WeightQuantizer):
+class SubEightBitQuantizer(RecoveryPhase, WeightQuantizer):
     """Lloyd-Max int8 codebook of 2^b centroids, MRACos regularizer, periodic hard compression.
 
     The centroids are a buffer fitted once on the weight given at construction (the float baseline);
@@ -208,12 +208,8 @@ class SubEightBitQuantizer(ScheduledMethod, WeightQuantizer):
         # In the recovery phase the weights sit on the codebook by construction: nothing to pull.
         return self.reg_weight * self.regularizer(weight) if self.reg_weight > 0 and not self.recovering else None
 
-    def recovery_start(self, total_steps: int) -> int:
-        """The step at which the recovery phase starts (total_steps when there is none)."""
-        return total_steps - math.floor(self.recovery * total_steps)
-
     def on_step(self, weight: Tensor, step: int, total_steps: int) -> None:
-        recovering = self.recovery > 0 and step >= self.recovery_start(total_steps)
+        recovering = self.in_recovery(step, total_steps)
         if recovering and not self.recovering:
             self.hard_compress(weight)  # the last hard compression: the recovery phase starts from it
         elif not recovering and self.compress_every and step > 0 and step % self.compress_every == 0:
