@@ -66,10 +66,36 @@ def open_storage(cfg: StudyConfig, heartbeat: bool = False, read_only: bool = Fa
         kwargs.update(heartbeat_interval=interval, grace_period=cfg.search.heartbeat_seconds,
                       heartbeat_stale_trial_callback=requeue_stale)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
     except (SQLAlchemyError, ValueError, ImportError, RuntimeError) as exc:  # RuntimeError: an older schema
         raise ConfigError(f"Cannot open the trial storage '{url}' ({str(exc).splitlines()[0]}); check "
                           "search.storage (a SQLAlchemy URL) or remove it to use SQLite in the study folder.") from None
+    if storage.engine.dialect.name == "sqlite" and not read_only:
+        serialise_sqlite_transactions(storage.engine)
+    return storage
+
+
+def serialise_sqlite_transactions(engine) -> None:
+    """Make each transaction on a SQLite engine take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna hands an enqueued trial to a worker by reading that it is WAITING and then writing RUNNING,
+    relying on SELECT ... FOR UPDATE, which SQLite ignores; and Python's sqlite3 opens a transaction
+    only at the first write, so two workers (threads of `search.workers`, or two search processes on one
+    file) can both read WAITING and both run the same trial: the second one to finish then fails with
+    "Cannot tell a COMPLETE trial". Begun IMMEDIATE, the second reader waits for the first to commit and
+    reads RUNNING. The SQLAlchemy recipe for SQLite transactions: the driver's own BEGIN is turned off
+    and the engine issues the BEGIN."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_begins_nothing(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections pooled while the storage was created predate the listeners
 
 
 def _require_stored(cfg: StudyConfig, url: str) -> None:
