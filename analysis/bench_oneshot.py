@@ -2,7 +2,7 @@
 
 For a study (default the quickstart: the shipped trained RNN-T, its search space and NNA emulation):
   1. trains one-shot shared weights (`mpsearch.supernet.oneshot`) for each --shared STEPS:LR variant
-     (default: the study's own `search.oneshot.train`), timed;
+     (default: the study's own, `search.shared_training`), timed;
   2. draws --policies random points of the search space (seeded, uniform per choice set);
   3. scores each point on the study's eval split (its `search.eval_utterances` subset):
        finetuned: the study's own trial (calibrate + `search.finetune` QAT + dev and test scoring), timed;
@@ -91,7 +91,7 @@ def main() -> int:
     parser.add_argument("--study", default="studies/quickstart.yaml")
     parser.add_argument("--policies", type=int, default=20)
     parser.add_argument("--shared", type=parse_variant, action="append", metavar="STEPS:LR",
-                        help="a shared training to compare (repeatable); default the study's search.oneshot.train")
+                        help="a shared training to compare (repeatable); default the study's own")
     parser.add_argument("--random-policies", type=int, help="random policies per step beside the sandwich's two "
                                                             "(default the study's search.oneshot.random_policies)")
     parser.add_argument("--front-size", type=int, default=8, help="front policies confirmed by a fine-tuned trial")
@@ -106,13 +106,14 @@ def main() -> int:
     points = random_points(space, args.policies, args.seed)
     oneshot = cfg.search.oneshot
     random_policies = oneshot.random_policies if args.random_policies is None else args.random_policies
-    variants = args.shared or [(oneshot.train.max_steps, oneshot.train.lr)]
+    own = cfg.search.shared_training
+    variants = args.shared or [(own.max_steps, own.lr)]
 
     float_model, _ = study.baseline()
     shared = []
     for steps, lr in variants:
         name = f"{steps}:{lr:g}"
-        train_cfg = oneshot.train.model_copy(update={"max_steps": steps, "lr": lr, "warmup_steps": max(1, steps // 20)})
+        train_cfg = own.model_copy(update={"max_steps": steps, "lr": lr, "warmup_steps": min(own.warmup_steps, steps)})
         start = time.monotonic()
         state, result = train_shared_weights(float_model, space, lambda m: study.task(m, augment=train_cfg.augment),
                                              train_cfg, random_policies)

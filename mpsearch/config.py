@@ -205,17 +205,14 @@ class WarmStartConfig(Section):
     supernet: bool = Field(False, description="enqueue the supernet's lambda-sweep policies (`mpsearch supernet`)")
 
 
-def _shared_training_default() -> TrainConfig:
-    return TrainConfig(max_steps=150, lr=2e-4, warmup_steps=8, eval_every=1_000_000, checkpoint_every=25)
-
-
 class OneShotConfig(Section):
     """`search.trial_mode: oneshot`: one set of shared float weights trained once for every width of the
     search space (mpsearch.supernet.oneshot), so a trial is calibrate + score, with no fine-tune of its
     own; the policies of the final front are then confirmed by the usual fine-tuned trial."""
 
-    train: TrainConfig = Field(default_factory=_shared_training_default,
-                               description="the shared weights' training, from the float baseline")
+    train: TrainConfig | None = Field(
+        None, description="the shared weights' training, from the float baseline; default the trials' own "
+                          "fine-tune (search.finetune), checkpointed four times (SearchConfig.shared_training)")
     random_policies: int = Field(1, ge=0, description="random policies per step beside the widest and narrowest")
 
 
@@ -253,6 +250,18 @@ class SearchConfig(Section):
         default_factory=dict, description="hypervolume reference per objective; default: WER 1.0, the others "
                                           "1.1 x the uniform 8-bit policy's")
     heartbeat_seconds: int = Field(60, ge=1, description="a trial silent this long is stale and re-run")
+
+    @property
+    def shared_training(self) -> TrainConfig:
+        """The one-shot shared weights' training: `oneshot.train`, else the budget of one fine-tuned trial
+        (`finetune`'s steps, learning rate and augmentation), each step spent on the sandwich's policies
+        at once. One-shot WER then stands in for fine-tuned WER: on the quickstart the two have the same
+        mean over random policies and rank them alike (Kendall tau 0.90, analysis/bench_oneshot.py), where
+        ten times the training ranks them worse (0.70), its weights a better-trained model than any
+        trial's. Four checkpoints, so a killed run resumes it."""
+        if self.oneshot.train is not None:
+            return self.oneshot.train
+        return self.finetune.model_copy(update={"checkpoint_every": max(1, self.finetune.max_steps // 4)})
 
     @field_validator("objectives")
     @classmethod

@@ -357,13 +357,15 @@ class Study:
         from mpsearch.search.record import oneshot_key
         from mpsearch.supernet.oneshot import ensure_shared_weights
 
-        cfg = self.cfg.search.oneshot
+        search = self.cfg.search
         model, _ = self.baseline()
         if self.user is not None:
             raise ConfigError("search.trial_mode 'oneshot' trains shared weights with the study's own model and "
                               "data; with search_model use trial_mode 'finetune'.")
+        train = search.shared_training
         return ensure_shared_weights(self.dir, oneshot_key(self.cfg, self.baseline_key), model, self.search_space(),
-                                     lambda m: self.task(m, augment=cfg.train.augment), cfg, progress=self.progress)
+                                     lambda m: self.task(m, augment=train.augment), train,
+                                     search.oneshot.random_policies, progress=self.progress)
 
     def trial_runner(self, mode: str | None = None) -> TrialRunner:
         """What every trial shares, built once per mode (default `search.trial_mode`): a copy of the float

@@ -99,7 +99,7 @@ def _plan(cfg, args) -> str:
     stages = [baseline, sensitivity,
               f"{search.warm_start.ilp} ILP candidate(s)" + (" + supernet sweep" if search.warm_start.supernet else "")]
     if search.trial_mode == "oneshot":
-        stages += [f"one-shot shared weights ({search.oneshot.train.max_steps} steps)",
+        stages += [f"one-shot shared weights ({search.shared_training.max_steps} steps)",
                    (f"{trials} one-shot trials on {args.backend or search.backend} (uniform-precision references "
                     f"first; each calibrates the shared weights under {search.emulation} emulation and scores "
                     f"{scored} utterances)"),

@@ -83,7 +83,8 @@ def oneshot_key(cfg: StudyConfig, baseline: str | None) -> str:
     and the float baseline."""
     from mpsearch.config import config_hash
 
-    return config_hash(cfg.search.oneshot, Path(cfg.search.space or "").read_text(), baseline or "")
+    return config_hash(cfg.search.shared_training, cfg.search.oneshot.random_policies,
+                       Path(cfg.search.space or "").read_text(), baseline or "")
 
 
 def scoring_key(cfg: StudyConfig, baseline: str | None, mode: str | None = None) -> str | None:

@@ -111,7 +111,7 @@ def shared_float_state(supernet: Supernet, float_model: nn.Module) -> dict[str, 
 
 
 def ensure_shared_weights(folder: str | Path, key: str, float_model: nn.Module, space: SearchSpace,
-                          make_task: Callable[[nn.Module], Task], cfg: OneShotConfig,
+                          make_task: Callable[[nn.Module], Task], train: TrainConfig, random_policies: int,
                           progress: bool = False) -> dict[str, torch.Tensor]:
     """The shared weights (a state dict of `float_model`, which is left unchanged) in `folder`/oneshot/:
     loaded when their `key` (search.record.oneshot_key) matches, else trained, resuming from the training checkpoint
@@ -123,9 +123,9 @@ def ensure_shared_weights(folder: str | Path, key: str, float_model: nn.Module, 
 
     def compute() -> dict[str, torch.Tensor]:
         directory.mkdir(parents=True, exist_ok=True)
-        log.info("training the one-shot shared weights (%d steps, %d policies a step)", cfg.train.max_steps,
-                 2 + cfg.random_policies)
-        state, result = train_shared_weights(float_model, space, make_task, cfg.train, cfg.random_policies,
+        log.info("training the one-shot shared weights (%d steps, %d policies a step)", train.max_steps,
+                 2 + random_policies)
+        state, result = train_shared_weights(float_model, space, make_task, train, random_policies,
                                              checkpoint=directory / "checkpoint.pt", checkpoint_key=key,
                                              progress=progress)
         with atomic_path(path) as tmp:

@@ -81,3 +81,21 @@ def test_a_kill_during_the_shared_training_resumes_from_its_checkpoint(tmp_path,
     resumed_at = int(text.split(f"resumed training from {checkpoint} at step ")[1].split()[0])
     assert resumed_at >= saved
     assert torch.load(tmp_path / "study" / "oneshot" / "shared.pt", weights_only=True)["steps"] == 40
+
+
+def test_by_default_the_shared_weights_get_the_training_of_one_finetuned_trial(make_study):
+    from mpsearch.search.record import oneshot_key
+
+    cfg = StudyConfig.from_yaml(make_study(trials=2, trial_mode="oneshot"))
+    finetune = cfg.search.finetune
+    train = cfg.search.shared_training
+    assert (train.max_steps, train.lr, train.augment) == (finetune.max_steps, finetune.lr, finetune.augment)
+    assert train.checkpoint_every == max(1, finetune.max_steps // 4)
+    Study(cfg, progress=False).shared_weights()
+    shared = torch.load(cfg.study_dir / "oneshot" / "shared.pt", weights_only=True)
+    assert shared["steps"] == finetune.max_steps
+    # A longer fine-tune is another shared training: the weights are keyed by what trained them.
+    longer = cfg.model_copy(update={"search": cfg.search.model_copy(
+        update={"finetune": finetune.model_copy(update={"max_steps": finetune.max_steps + 1})})})
+    assert oneshot_key(longer, "b") != oneshot_key(cfg, "b")
+    assert longer.search.shared_training.max_steps == finetune.max_steps + 1
