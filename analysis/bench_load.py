@@ -4,7 +4,8 @@ Each measurement runs in a fresh process (so OpenMP starts anew) for `--seconds`
 (mpsearch.training.trainer.train) on a fixed batch of the quickstart's shape. Conditions:
   alone            2 threads (every core), nothing else running
   beside, fixed    2 threads, beside a 2-thread torch process (what every-core processes do)
-  beside, policy   mpsearch's thread policy (runtime.apply_thread_policy), beside the same process
+  beside, policy   mpsearch's thread policy (runtime.apply_thread_policy, applied before torch loads, as
+                   the CLI does), beside the same process
 Prints steps/s and each ratio to `alone`; a fair share of 2 cores beside one other 2-thread job is 0.5x.
 
     python analysis/bench_load.py [--seconds 40] [--out analysis/results/bench_load.json]
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import subprocess
 import sys
@@ -34,15 +36,17 @@ while time.monotonic() < end:
 
 
 def _train_steps(threads: str, seconds: float, queue) -> None:
+    from mpsearch.runtime import apply_thread_policy
+
+    # The policy first, as the CLI applies it: before torch (and its OpenMP) loads.
+    used = apply_thread_policy() if threads == "policy" else int(threads)
     import torch
 
     from mpsearch.config import ModelConfig, TrainConfig
     from mpsearch.models import build_model
-    from mpsearch.runtime import apply_thread_policy
     from mpsearch.training.tasks import FixedBatchTask
     from mpsearch.training.trainer import train
 
-    used = apply_thread_policy() if threads == "policy" else int(threads)
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="rnnt", params={"subsampling": "conv", "enc_hidden": 256, "enc_layers": 2,
                                                           "joint_dim": 160, "ctc_weight": 0.5}), vocab_size=29, n_mels=80)
@@ -52,7 +56,8 @@ def _train_steps(threads: str, seconds: float, queue) -> None:
     train(task, TrainConfig(max_steps=1, **settings), progress=False)  # warm-up
     # The step budget is out of reach: the time limit ends the run.
     result = train(task, TrainConfig(max_steps=10**9, max_minutes=seconds / 60, **settings), progress=False)
-    queue.put({"threads": used, "steps_per_s": result.steps / result.seconds})
+    queue.put({"threads": used, "passive": os.environ.get("OMP_WAIT_POLICY") == "PASSIVE",
+               "steps_per_s": result.steps / result.seconds})
 
 
 def measure(threads: str, seconds: float, beside_load: bool) -> dict:
@@ -84,7 +89,8 @@ def main() -> None:
     base = rows["alone"]["steps_per_s"]
     for name, row in rows.items():
         row["ratio_to_alone"] = row["steps_per_s"] / base
-        print(f"{name:<26} {row['threads']} thread(s)  {row['steps_per_s']:.2f} steps/s  {row['ratio_to_alone']:.2f}x")
+        print(f"{name:<26} {row['threads']} thread(s){' (passive wait)' if row.get('passive') else ''}  "
+              f"{row['steps_per_s']:.2f} steps/s  {row['ratio_to_alone']:.2f}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({

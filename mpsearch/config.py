@@ -256,7 +256,7 @@ class SearchConfig(Section):
         """The one-shot shared weights' training: `oneshot.train`, else the budget of one fine-tuned trial
         (`finetune`'s steps, learning rate and augmentation), each step spent on the sandwich's policies
         at once. One-shot WER then stands in for fine-tuned WER: on the quickstart the two have the same
-        mean over random policies and rank them alike (Kendall tau 0.90, analysis/bench_oneshot.py), where
+        mean over random policies and rank them alike (Kendall tau 0.91, analysis/bench_oneshot.py), where
         ten times the training ranks them worse (0.70), its weights a better-trained model than any
         trial's. Four checkpoints, so a killed run resumes it."""
         if self.oneshot.train is not None:

@@ -5,6 +5,13 @@ a 2-thread training beside another 2-thread torch process kept about a fifth of 
 the threads of one process synchronise at every parallel region, so one thread waiting for a core
 stalls the other. A process that takes only the cores nobody else is using keeps its speed; on an
 idle machine it takes them all. mpsearch's own parallel workers divide what is free between them.
+
+Better still on a busy machine, when the choice is made before torch starts OpenMP (the CLI makes it
+first thing): every core's thread, each sleeping while it waits for the others (OMP_WAIT_POLICY=PASSIVE)
+instead of spinning on a core another process needs. Beside a 2-thread torch process on 2 cores that
+kept 0.48-0.55x of the idle speed, against 0.41-0.44x for one thread on the free core and 0.36x for
+spinning threads (analysis/bench_load.py). On an idle machine spinning is faster, so the wait policy
+is left alone there.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 
 log = logging.getLogger(__name__)
@@ -73,15 +81,33 @@ def apply_worker_policy(max_workers: int) -> int:
     return workers
 
 
-def apply_thread_policy(workers: int = 1) -> int:
-    """Set torch's thread count for this process from the cores free now; returns it. An explicit
-    `train.threads` (or a Ray trial's CPUs) still overrides it where that applies."""
-    import torch
+def choose_thread_policy(cores: int, busy: float, workers: int, can_wait_passively: bool) -> tuple[int, bool]:
+    """(threads per worker, whether they wait passively). One process on a busy machine, when OpenMP has
+    not started yet: every core's thread, waiting passively. Otherwise the free cores shared between
+    `workers` (choose_threads), the wait policy left as it is."""
+    threads = choose_threads(cores, busy, workers)
+    if threads * workers < cores and workers == 1 and can_wait_passively:
+        return cores, True
+    return threads, False
 
+
+def apply_thread_policy(workers: int = 1) -> int:
+    """Set torch's thread count (and, on a busy machine before torch is imported, OpenMP's passive wait
+    policy) for this process from the cores free now; returns the thread count. An explicit
+    `train.threads` (or a Ray trial's CPUs) still overrides it where that applies."""
     cores = os.cpu_count() or 1
     busy = busy_cores()
-    threads = choose_threads(cores, busy, workers)
+    # OpenMP reads its wait policy once, when torch loads it; a user's own setting is theirs.
+    unset = "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ
+    threads, passive = choose_thread_policy(cores, busy, workers, unset)
+    if passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    import torch
+
     torch.set_num_threads(threads)
-    if threads < cores:
+    if passive:
+        log.info("other work keeps %.1f of %d cores busy: using %d torch threads that sleep while they wait",
+                 busy, cores, threads)
+    elif threads < cores:
         log.info("other work keeps %.1f of %d cores busy: using %d torch thread(s)", busy, cores, threads)
     return threads
