@@ -7,8 +7,11 @@ Each measurement runs in a fresh process (so OpenMP starts anew) for `--seconds`
   beside, policy   mpsearch's thread policy (runtime.apply_thread_policy, applied before torch loads, as
                    the CLI does), beside the same process
 Prints steps/s and each ratio to `alone`; a fair share of 2 cores beside one other 2-thread job is 0.5x.
+With --trial-study, the same three conditions time one whole trial of that study (its uniform 8-bit
+policy: calibrate, `search.finetune`, dev and test scoring), the study's stages loaded from its folder
+first (run its search once before).
 
-    python analysis/bench_load.py [--seconds 40] [--out analysis/results/bench_load.json]
+    python analysis/bench_load.py [--seconds 40] [--trial-study studies/quickstart.yaml] [--out analysis/results/bench_load.json]
 """
 
 from __future__ import annotations
@@ -60,13 +63,36 @@ def _train_steps(threads: str, seconds: float, queue) -> None:
                "steps_per_s": result.steps / result.seconds})
 
 
-def measure(threads: str, seconds: float, beside_load: bool) -> dict:
+def _trial_seconds(threads: str, study_path: str, queue) -> None:
+    from mpsearch.runtime import apply_thread_policy
+
+    used = apply_thread_policy() if threads == "policy" else int(threads)
+    import torch
+
+    from mpsearch.config import StudyConfig
+    from mpsearch.study import Study
+
+    torch.set_num_threads(used)
+    study = Study(StudyConfig.from_yaml(study_path), progress=False)
+    runner = study.trial_runner("finetune")
+    policy = study.search_space().to_policy(study.search_space().uniform_params(8))
+    start = time.monotonic()
+    runner.run(policy)
+    queue.put({"threads": used, "passive": os.environ.get("OMP_WAIT_POLICY") == "PASSIVE",
+               "trial_seconds": time.monotonic() - start})
+
+
+def measure(threads: str, seconds: float, beside_load: bool, trial_study: str | None = None) -> dict:
     load = None
     if beside_load:
-        load = subprocess.Popen([sys.executable, "-c", LOAD.format(seconds=seconds + 30)])
+        # a trial's setup and run take minutes: the load outlasts them and is stopped when they end
+        duration = seconds + 30 if trial_study is None else 3600
+        load = subprocess.Popen([sys.executable, "-c", LOAD.format(seconds=duration)])
         time.sleep(2)  # let it reach full speed before the policy looks at the machine
     queue = mp.get_context("spawn").Queue()
-    proc = mp.get_context("spawn").Process(target=_train_steps, args=(threads, seconds, queue))
+    target, args = (_train_steps, (threads, seconds, queue)) if trial_study is None else \
+        (_trial_seconds, (threads, trial_study, queue))
+    proc = mp.get_context("spawn").Process(target=target, args=args)
     proc.start()
     result = queue.get()
     proc.join()
@@ -79,23 +105,32 @@ def measure(threads: str, seconds: float, beside_load: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--trial-study", help="also time one trial of this study YAML in each condition")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    rows = {
-        "alone": measure("2", args.seconds, False),
-        "beside, fixed 2 threads": measure("2", args.seconds, True),
-        "beside, thread policy": measure("policy", args.seconds, True),
-    }
+    conditions = {"alone": ("2", False), "beside, fixed 2 threads": ("2", True),
+                  "beside, thread policy": ("policy", True)}
+    rows = {name: measure(threads, args.seconds, beside) for name, (threads, beside) in conditions.items()}
     base = rows["alone"]["steps_per_s"]
     for name, row in rows.items():
         row["ratio_to_alone"] = row["steps_per_s"] / base
         print(f"{name:<26} {row['threads']} thread(s){' (passive wait)' if row.get('passive') else ''}  "
               f"{row['steps_per_s']:.2f} steps/s  {row['ratio_to_alone']:.2f}x")
+    trials = {}
+    if args.trial_study:
+        trials = {name: measure(threads, args.seconds, beside, args.trial_study)
+                  for name, (threads, beside) in conditions.items()}
+        base = trials["alone"]["trial_seconds"]
+        for name, row in trials.items():
+            row["throughput_to_alone"] = base / row["trial_seconds"]
+            print(f"{name:<26} {row['threads']} thread(s){' (passive wait)' if row.get('passive') else ''}  "
+                  f"trial {row['trial_seconds']:.1f} s  {row['throughput_to_alone']:.2f}x the trials per minute")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
             "command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()}, {mp.cpu_count()} cores",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}, indent=2) + "\n")
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows,
+            "trials": trials}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
