@@ -257,8 +257,8 @@ class SearchConfig(Section):
         (`finetune`'s steps, learning rate and augmentation), each step spent on the sandwich's policies
         at once. One-shot WER then stands in for fine-tuned WER: on the quickstart the two have the same
         mean over random policies and rank them alike (Kendall tau 0.91, analysis/bench_oneshot.py), where
-        ten times the training ranks them worse (0.70), its weights a better-trained model than any
-        trial's. Four checkpoints, so a killed run resumes it."""
+        ten times the steps at twice the learning rate rank them worse (0.70), its weights a better-trained
+        model than any trial's. Four checkpoints, so a killed run resumes it."""
         if self.oneshot.train is not None:
             return self.oneshot.train
         return self.finetune.model_copy(update={"checkpoint_every": max(1, self.finetune.max_steps // 4)})
